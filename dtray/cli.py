@@ -1,0 +1,190 @@
+"""The ``dtray`` command: one entry point for every stage of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dtray.errors import DtrayError
+
+
+def connect(address: str | None = None) -> None:
+    """Join the cluster this process runs on (``ray submit``/``ray job submit`` set it up,
+    or RAY_ADDRESS names it); otherwise start a local one. ``--address local`` always
+    starts a private local instance."""
+    import logging
+
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING)
+    DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+
+
+def _cmd_datasets(args) -> None:
+    from dtray.collect import list_datasets
+
+    print("\n".join(list_datasets()))
+
+
+def _cmd_collect(args) -> None:
+    from dtray.collect import collect
+
+    connect(args.address)
+    files = collect(args.name, args.out, seed=args.seed, episodes=args.episodes,
+                    num_workers=args.workers, overwrite=args.overwrite)
+    print(f"wrote {len(files)} file(s) to {args.out}")
+
+
+def _cmd_convert(args) -> None:
+    from dtray.convert import convert
+
+    kwargs = {"env_id": args.env_id} if args.env_id else {}
+    files = convert(args.source, args.out, overwrite=args.overwrite, **kwargs)
+    print(f"wrote {len(files)} file(s) to {args.out}")
+
+
+def _cmd_validate(args) -> None:
+    from dtray.validate import validate
+
+    info = validate(args.paths)
+    print(f"ok: {info.env_id} dataset, all episodes valid")
+
+
+def _cmd_inspect(args) -> None:
+    from dtray.describe import describe
+
+    print(describe(args.paths, alphas=args.alphas))
+
+
+def _cmd_train(args) -> None:
+    from dtray import config as cfg
+    from dtray.train import fit
+
+    config = cfg.load(args.config, args.overrides)
+    connect(args.address)
+    result = fit(config)
+    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+    metrics = result.metrics or {}
+    print(f"final step {metrics.get('step')}: loss {metrics.get('loss', float('nan')):.4f}, "
+          f"val_loss {metrics.get('val_loss', float('nan')):.4f}")
+    print(f"checkpoint: {best.path if best else None}")
+
+
+def _cmd_evaluate(args) -> None:
+    from dtray import config as cfg
+    from dtray.evaluate import evaluate_checkpoints
+
+    config = cfg.load(args.config, args.overrides)
+    for field in ("targets", "envs", "seeds", "episodes", "num_actors", "out"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(config.eval, field, value)
+    connect(args.address)
+    evaluate_checkpoints(args.checkpoint, config.eval)
+
+
+def _cmd_tune(args) -> None:
+    from dtray.tune import run_search
+
+    connect(args.address)
+    run_search(args.config, resume=args.resume, overrides=args.overrides)
+
+
+def _targets(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        return [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"targets must be 'auto' or numbers separated by commas, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dtray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, handler, help_text, ray_cluster=False):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        if ray_cluster:
+            p.add_argument("--address", default=os.environ.get("DTRAY_RAY_ADDRESS"),
+                           help="Ray address; default: the cluster this runs on, else a new local one; "
+                                "'local' forces a new local instance")
+        return p
+
+    datasets = command("datasets", _cmd_datasets, "built-in datasets")
+    datasets.add_argument("action", choices=["list"])
+
+    p = command("collect", _cmd_collect, "generate a built-in dataset with Ray tasks", ray_cluster=True)
+    p.add_argument("name")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = command("convert", _cmd_convert, "convert minari:<id> or steps:<path> to the episode format")
+    p.add_argument("source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--env-id", default=None, help="env id for step tables without dtray metadata")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = command("validate", _cmd_validate, "check every episode of a dataset")
+    p.add_argument("paths", nargs="+")
+
+    p = command("inspect", _cmd_inspect, "summarise a dataset: returns, path-integral weights")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--alphas", type=float, nargs="+", default=None)
+
+    for name, handler, text in (("train", _cmd_train, "train a Decision Transformer with Ray Train"),
+                                ("evaluate", _cmd_evaluate, "evaluate checkpoints over a target-return grid"),
+                                ("tune", _cmd_tune, "run a Ray Tune search from tune_configs/")):
+        p = command(name, handler, text, ray_cluster=True)
+        p.add_argument("--config", default=None, required=name == "tune")
+        p.add_argument("overrides", nargs="*", help="section.key=value")
+    evaluate = sub.choices["evaluate"]
+    evaluate.add_argument("--checkpoint", nargs="+", required=True)
+    evaluate.add_argument("--targets", type=_targets, default=None, help="'auto' or comma-separated returns")
+    evaluate.add_argument("--envs", nargs="+", default=None)
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=None)
+    evaluate.add_argument("--episodes", type=int, default=None)
+    evaluate.add_argument("--num-actors", type=int, default=None)
+    evaluate.add_argument("--out", default=None)
+    sub.choices["tune"].add_argument("--resume", action="store_true", help="continue a stopped search")
+    return parser
+
+
+def user_error(err: BaseException) -> DtrayError | None:
+    """Find a DtrayError behind Ray's wrappers (task errors, training failures)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DtrayError):
+            return err
+        cause = getattr(err, "cause", None)
+        err = cause if isinstance(cause, BaseException) else (err.__cause__ or err.__context__)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except KeyboardInterrupt:
+        print("dtray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        found = user_error(err)
+        if found is None:
+            raise
+        print(f"dtray: error: {found}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Every hyper-parameter of a dtray run, in one place, as typed dataclasses.
+
+A run is described by one YAML file whose top-level keys are the sections below.
+Unknown keys and wrong types are errors (a typo must never silently fall back to a
+default). Command lines override single keys with ``section.key=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dacite
+import yaml
+
+from dtray.errors import DtrayError
+
+Sampling = Literal["length", "uniform_episode", "top_percent", "boltzmann"]
+PolicyKind = Literal["deterministic", "stochastic", "discrete"]
+
+
+@dataclass
+class DataConfig:
+    """Where the trajectories are and how they become training windows."""
+
+    paths: list[str] = field(default_factory=list)  # dirs, files or URIs (s3://...)
+    context_len: int = 20  # K: steps per window
+    gamma: float = 1.0  # discount of the return-to-go
+    rtg_scale: float = 1000.0  # returns-to-go are divided by this before the model
+    max_ep_len: int = 1000  # timesteps are clipped to max_ep_len - 1
+    sampling: Sampling = "length"
+    top_percent: float = 10.0  # for sampling="top_percent": keep the best p% episodes
+    temperature: float = 1.0  # alpha for sampling="boltzmann", in return units
+    normalize_states: bool = True
+    val_fraction: float = 0.1  # held-out *episodes* for validation loss
+    val_max_windows: int = 4096  # validation windows per pass (a stride over val steps)
+    shuffle_buffer: int = 2048  # windows in each worker's local shuffle buffer
+    shuffle_files: bool = True  # reshuffle file order every epoch
+    deterministic: bool = False  # same window order for a seed (preserves block order; slower)
+    data_cpu_limit: float = 0.0  # CPUs Ray Data may use (0 = Ray's default)
+
+
+@dataclass
+class ModelConfig:
+    """Decision Transformer shape; defaults are the original paper's."""
+
+    embed_dim: int = 128
+    n_layer: int = 3
+    n_head: int = 1
+    dropout: float = 0.1
+    policy: PolicyKind = "deterministic"  # forced to "discrete" for Discrete actions
+    init_std: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. ``batch_size`` is global: it is split across the workers."""
+
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 10_000
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = 0.25
+    max_steps: int = 100_000
+    entropy_coef: float = 0.01  # stochastic policy only
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    eval_every: int = 0  # 0 = no in-training evaluation
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on GPU, off on CPU
+    compile: bool = False
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    """Ray resources and where results are stored."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = "runs"  # local dir, shared filesystem or s3://...
+    name: str = ""  # empty = a fresh timestamped name
+    num_to_keep: int = 2
+    max_failures: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation grid: targets x envs x seeds x episodes."""
+
+    targets: list[float] | Literal["auto"] = "auto"
+    envs: list[str] = field(default_factory=list)  # empty = the checkpoint's env
+    seeds: list[int] = field(default_factory=lambda: [0])
+    episodes: int = 5  # per (env, target, seed) cell
+    num_actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    envs_per_actor: int = 16  # episodes stepped together in one vector env
+    max_steps: int = 0  # 0 = the env's own limit
+    out: str = ""  # results dir; empty = <checkpoint>/eval
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config, rejecting unknown keys and wrong types with a clear message."""
+    try:
+        return dacite.from_dict(
+            Config, data, config=dacite.Config(strict=True, cast=[tuple], type_hooks={float: _number})
+        )
+    except (dacite.DaciteError, TypeError, ValueError) as err:
+        raise DtrayError(f"{source}: {err}") from None
+
+
+def _number(value: Any) -> Any:
+    """YAML reads ``1`` as int and ``3e-4`` as str; both are fine where a float is expected."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value  # left as is: dacite then reports the wrong type
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise DtrayError(f"override {item!r}: expected section.key=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML run config (or the defaults) and apply overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise DtrayError(f"{path}: no such config file") from None
+        except yaml.YAMLError as err:
+            raise DtrayError(f"{path}: invalid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise DtrayError(f"{path}: expected a mapping of sections at top level")
+    return from_dict(apply_overrides(data, list(overrides)), source)
+
+
+def save(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists so that YAML stays readable and safe_load-able."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

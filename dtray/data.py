@@ -1,0 +1,402 @@
+"""Trajectory Parquet -> Ray Data -> windowed return-to-go batches.
+
+The context-window convention lives in exactly one function, :func:`build_windows`,
+used by the training pipeline (many windows per episode) and by inference
+(:class:`EpisodeContext`, one window per live episode). Convention:
+
+* a window *ending* at step t holds steps ``max(0, t-K+1) .. t`` of one episode;
+* shorter windows are **left**-padded: padded steps have mask 0 and zeros everywhere;
+* ``returns_to_go[t] = sum_{t'>=t} gamma^(t'-t) r_t'`` (includes r_t), divided by rtg_scale;
+* ``timesteps`` are absolute step indices, clipped to ``max_ep_len - 1``;
+* states are normalised with the dataset's per-dimension mean/std (vector observations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from dtray.config import DataConfig
+from dtray.errors import DtrayError
+from dtray.format import DatasetInfo, read_info, resolve_files, rows_to_episodes
+
+WINDOW_KEYS = ("states", "actions", "returns_to_go", "timesteps", "mask")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Everything that turns raw episode arrays into model inputs; saved in checkpoints."""
+
+    context_len: int
+    max_ep_len: int
+    rtg_scale: float
+    gamma: float
+    state_mean: tuple[float, ...] | None = None  # None: states are used as they are
+    state_std: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config: DataConfig, stats: NormStats | None) -> WindowSpec:
+        use_stats = config.normalize_states and stats is not None
+        return cls(
+            context_len=config.context_len,
+            max_ep_len=config.max_ep_len,
+            rtg_scale=config.rtg_scale,
+            gamma=config.gamma,
+            state_mean=tuple(stats.state_mean) if use_stats else None,
+            state_std=tuple(stats.state_std) if use_stats else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WindowSpec:
+        data = dict(data)
+        for key in ("state_mean", "state_std"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """``R_t = r_t + gamma * R_{t+1}``, computed backwards in float64 (exact for gamma=1)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if gamma == 1.0:
+        return np.cumsum(rewards[::-1])[::-1].copy()
+    out = np.empty_like(rewards)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def next_return_to_go(rtg: np.ndarray | float, reward: np.ndarray | float, gamma: float):
+    """Inference update ``R_{t+1} = (R_t - r_t) / gamma`` (the inverse of the recursion above)."""
+    return (rtg - reward) / gamma
+
+
+def build_windows(
+    spec: WindowSpec,
+    states: np.ndarray,
+    actions: np.ndarray,
+    rtg: np.ndarray,
+    ends: np.ndarray,
+    first_timestep: int = 0,
+) -> dict[str, np.ndarray]:
+    """Cut windows of length K ending at each index in ``ends`` from one episode's arrays.
+
+    ``states`` (T, *obs_shape), ``actions`` (T, act_dim) or (T,), ``rtg`` (T,) unscaled.
+    ``first_timestep`` is the absolute step of row 0 (for histories that were trimmed).
+    Returns arrays with a leading window axis: states (N, K, *obs), actions (N, K[, act_dim]),
+    returns_to_go (N, K) float32, timesteps (N, K) int64, mask (N, K) float32.
+    """
+    K = spec.context_len
+    ends = np.asarray(ends, dtype=np.int64)
+    offsets = ends[:, None] - (K - 1) + np.arange(K)  # (N, K) indices into the episode
+    mask = offsets >= 0
+    index = np.where(mask, offsets, 0)
+
+    states = np.asarray(states)
+    if spec.state_mean is not None:
+        mean = np.asarray(spec.state_mean, dtype=np.float32).reshape(states.shape[1:])
+        std = np.asarray(spec.state_std, dtype=np.float32).reshape(states.shape[1:])
+        states = (states.astype(np.float32) - mean) / std
+    elif states.dtype != np.uint8:  # images stay uint8; the encoder scales them
+        states = states.astype(np.float32)
+    actions = np.asarray(actions)
+    actions = actions.astype(np.int64 if actions.dtype.kind in "iu" else np.float32)
+
+    def take(array: np.ndarray) -> np.ndarray:
+        out = array[index]
+        out[~mask] = 0
+        return out
+
+    timesteps = np.minimum(index + first_timestep, spec.max_ep_len - 1)
+    return {
+        "states": take(states),
+        "actions": take(actions),
+        "returns_to_go": take((np.asarray(rtg, dtype=np.float64) / spec.rtg_scale).astype(np.float32)),
+        "timesteps": np.where(mask, timesteps, 0).astype(np.int64),
+        "mask": mask.astype(np.float32),
+    }
+
+
+class EpisodeContext:
+    """The history of one live episode at inference time, turned into the model's window.
+
+    Only the last K steps are kept. The action of the current step is unknown when the
+    model is asked for it, so it is a zero placeholder: the action head reads the state
+    token, which comes before the action token, so the placeholder is never attended to.
+    """
+
+    def __init__(self, spec: WindowSpec, target_return: float, first_obs: np.ndarray, action_shape, action_dtype):
+        self.spec = spec
+        self.step = 0  # absolute index of the current step
+        self.states = [np.asarray(first_obs)]
+        self.rtg = [float(target_return)]
+        self.actions: list[np.ndarray] = []
+        self._action_zero = np.zeros(action_shape, dtype=action_dtype)
+
+    def window(self) -> dict[str, np.ndarray]:
+        """The window ending at the current step (one row)."""
+        actions = self.actions + [self._action_zero]
+        return build_windows(
+            self.spec,
+            np.stack(self.states),
+            np.stack(actions),
+            np.asarray(self.rtg),
+            ends=[len(self.states) - 1],
+            first_timestep=self.step - (len(self.states) - 1),
+        )
+
+    def record(self, action: np.ndarray, reward: float, next_obs: np.ndarray) -> None:
+        """Append the step's action, then move on with ``R_{t+1} = (R_t - r_t) / gamma``."""
+        self.actions.append(np.asarray(action, dtype=self._action_zero.dtype))
+        self.rtg.append(float(next_return_to_go(self.rtg[-1], reward, self.spec.gamma)))
+        self.states.append(np.asarray(next_obs))
+        self.step += 1
+        K = self.spec.context_len
+        if len(self.states) > K:  # keep the last K steps only
+            self.states, self.rtg, self.actions = self.states[-K:], self.rtg[-K:], self.actions[-(K - 1):]
+
+
+# --- sampling schemes -------------------------------------------------------------------
+
+
+def log_partition(returns: np.ndarray, alpha: float) -> float:
+    """``log Z(alpha) = log sum_tau exp(G(tau)/alpha)``, computed stably (log-sum-exp)."""
+    scaled = np.asarray(returns, dtype=np.float64) / alpha
+    top = scaled.max()
+    return float(top + np.log(np.exp(scaled - top).sum()))
+
+
+def boltzmann_weights(returns: np.ndarray, alpha: float) -> np.ndarray:
+    """Path-integral weights ``exp(G/alpha) / Z``: the data's p(tau) at temperature alpha."""
+    return np.exp(np.asarray(returns, dtype=np.float64) / alpha - log_partition(returns, alpha))
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's ESS ``(sum w)^2 / sum w^2``: how many episodes the weights really use."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return float(weights.sum() ** 2 / np.square(weights).sum())
+
+
+
+# --- dataset statistics -----------------------------------------------------------------
+
+
+def is_validation(episode_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stable per-episode train/validation split: hash(seed, episode_id) < fraction.
+
+    Stateless, so every Ray task decides the same way without shipping a list of ids.
+    """
+    with np.errstate(over="ignore"):  # splitmix64: wrap-around multiplication is the point
+        z = np.asarray(episode_ids, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Statistics of the training episodes from one distributed pass, kept with the run."""
+
+    state_mean: tuple[float, ...] | None  # None for image observations
+    state_std: tuple[float, ...] | None
+    train_episodes: int
+    train_steps: int
+    val_episodes: int
+    val_steps: int
+    return_min: float
+    return_max: float
+    return_mean: float
+    return_std: float
+    return_quantiles: dict[str, float]  # "0.1" .. "0.9"
+    log_z: float  # log Z(temperature) for boltzmann sampling
+    top_threshold: float  # lowest return kept by top_percent sampling
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormStats:
+        data = dict(data)
+        for key in ("state_mean", "state_std"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def _summarise_episodes(batch, info: DatasetInfo, config: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """One row per episode: return, length, split, and state sums for mean/std."""
+    episodes = list(rows_to_episodes(batch, info))
+    vector_obs = len(info.obs_shape) == 1
+    width = info.obs_shape[0] if vector_obs else 0
+    ids = np.array([e.episode_id for e in episodes], dtype=np.int64)
+    sums = np.zeros((len(episodes), width))
+    sumsq = np.zeros((len(episodes), width))
+    for i, episode in enumerate(episodes):
+        if vector_obs:
+            obs = episode.observations.astype(np.float64)
+            sums[i], sumsq[i] = obs.sum(0), np.square(obs).sum(0)
+    return {
+        "episode_id": ids,
+        "length": np.array([e.length for e in episodes], dtype=np.int64),
+        "ret": np.array([returns_to_go(e.rewards, config.gamma)[0] for e in episodes]),
+        "val": is_validation(ids, config.val_fraction, seed),
+        "state_sum": sums,
+        "state_sumsq": sumsq,
+    }
+
+
+def read_dataset(paths: list[str], columns: list[str], seed: int | None = None):
+    """Episode rows as a lazy Ray Dataset, reading only ``columns``; file order shuffled
+    afresh each epoch when a seed is given."""
+    import ray.data
+
+    filesystem, files = resolve_files(paths)
+    shuffle = ray.data.FileShuffleConfig(seed=seed) if seed is not None else None
+    return ray.data.read_parquet(files, filesystem=filesystem, shuffle=shuffle).select_columns(columns)
+
+
+def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats:
+    """Distributed pass over observations and rewards; only per-episode sums reach the driver."""
+    summary_rows = read_dataset(config.paths, ["episode_id", "observations", "rewards"]).map_batches(
+        _summarise_episodes,
+        fn_kwargs={"info": info, "config": config, "seed": seed},
+        batch_format="pyarrow",
+        batch_size=EPISODES_PER_BATCH,
+    )
+    parts = list(summary_rows.iter_batches(batch_format="numpy", batch_size=None))
+    summary = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    train = ~summary["val"]
+    if not train.any():
+        raise DtrayError(f"{config.paths}: no training episodes left after val_fraction={config.val_fraction}")
+    returns, lengths = summary["ret"][train], summary["length"][train]
+    steps = lengths.sum()
+    state_mean = state_std = None
+    if len(info.obs_shape) == 1:
+        mean = summary["state_sum"][train].sum(0) / steps
+        var = summary["state_sumsq"][train].sum(0) / steps - np.square(mean)
+        state_mean = tuple(mean.tolist())
+        state_std = tuple((np.sqrt(np.maximum(var, 0.0)) + 1e-6).tolist())
+    return NormStats(
+        state_mean=state_mean,
+        state_std=state_std,
+        train_episodes=int(train.sum()),
+        train_steps=int(steps),
+        val_episodes=int((~train).sum()),
+        val_steps=int(summary["length"][~train].sum()),
+        return_min=float(returns.min()),
+        return_max=float(returns.max()),
+        return_mean=float(returns.mean()),
+        return_std=float(returns.std()),
+        return_quantiles={f"{q:.1f}": float(np.quantile(returns, q)) for q in np.arange(1, 10) / 10},
+        log_z=log_partition(returns, config.temperature),
+        top_threshold=float(np.percentile(returns, 100.0 - config.top_percent)),
+    )
+
+
+# --- windows in Ray Data ----------------------------------------------------------------
+
+EPISODES_PER_BATCH = 16
+
+
+def sampling_rate(config: DataConfig, stats: NormStats, ret: float, length: int) -> float:
+    """Expected windows drawn from one episode per epoch, scaled so that every scheme's
+    epoch is about ``train_steps`` windows (``length`` draws every step exactly once)."""
+    if config.sampling == "length":
+        return float(length)
+    if config.sampling == "top_percent":
+        return float(length) if ret >= stats.top_threshold else 0.0
+    if config.sampling == "uniform_episode":
+        return stats.train_steps / stats.train_episodes
+    return stats.train_steps * float(np.exp(ret / config.temperature - stats.log_z))  # boltzmann
+
+
+def window_ends(config: DataConfig, stats: NormStats, episode_id: int, ret: float, length: int,
+                seed: int, epoch: int) -> np.ndarray:
+    """Which steps end a training window this epoch.
+
+    ``length`` and ``top_percent`` take every step of a kept episode once, in order (the
+    local shuffle buffer mixes them); the random schemes draw a Poisson number of window
+    ends uniformly in the episode, so that the expected count is :func:`sampling_rate`.
+    """
+    rate = sampling_rate(config, stats, ret, length)
+    if config.sampling in ("length", "top_percent"):
+        return np.arange(length) if rate > 0 else np.arange(0)
+    rng = np.random.default_rng([seed, epoch, episode_id])
+    return np.sort(rng.integers(0, length, size=rng.poisson(rate)))
+
+
+def _execution_index() -> int:
+    """How many times this dataset was executed before (= the epoch), so that random
+    sampling schemes draw afresh every epoch yet reproducibly for a seed."""
+    from ray.data import DataContext
+
+    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
+
+
+def _cut_windows(batch, info: DatasetInfo, spec: WindowSpec, config: DataConfig, stats: NormStats,
+                 seed: int, split: str, val_stride: int) -> dict[str, np.ndarray]:
+    """Episode rows -> fixed-shape window arrays (tensor columns for iter_torch_batches)."""
+    epoch = _execution_index()
+    windows = []
+    for episode in rows_to_episodes(batch, info):
+        if is_validation([episode.episode_id], config.val_fraction, seed)[0] != (split == "val"):
+            continue
+        rtg = returns_to_go(episode.rewards, config.gamma)
+        if split == "val":
+            ends = np.arange(episode.episode_id % val_stride, episode.length, val_stride)
+        else:
+            ends = window_ends(config, stats, episode.episode_id, rtg[0], episode.length, seed, epoch)
+        if len(ends):
+            windows.append(build_windows(spec, episode.observations, episode.actions, rtg, ends))
+    if not windows:
+        windows.append(_empty_windows(spec, info))
+    return {key: np.concatenate([w[key] for w in windows]) for key in WINDOW_KEYS}
+
+
+def _empty_windows(spec: WindowSpec, info: DatasetInfo) -> dict[str, np.ndarray]:
+    """Zero windows with the right shapes, so that every output block has the same schema."""
+    states = np.zeros((0, *info.obs_shape), dtype=info.observation_space.dtype)
+    actions = np.zeros((0,) if info.discrete else (0, info.act_dim), dtype=np.float32)
+    return build_windows(spec, states, actions, np.zeros(0), ends=np.zeros(0, dtype=np.int64))
+
+
+@dataclass
+class TrainingData:
+    """The lazy train/validation window datasets plus everything needed to act later."""
+
+    train: Any  # ray.data.Dataset of windows
+    val: Any
+    info: DatasetInfo
+    spec: WindowSpec
+    stats: NormStats
+
+
+def build_training_data(config: DataConfig, seed: int) -> TrainingData:
+    """Statistics pass, then two lazy window pipelines (train, validation) over the files."""
+    if not config.paths:
+        raise DtrayError("data.paths is empty: point it at a dataset directory (dtray collect ...)")
+    info = read_info(config.paths)
+    stats = compute_stats(config, info, seed)
+    spec = WindowSpec.from_config(config, stats)
+    columns = ["episode_id", "observations", "actions", "rewards"]
+    val_stride = max(1, -(-stats.val_steps // config.val_max_windows))
+
+    def windows(split: str, file_seed: int | None):
+        return read_dataset(config.paths, columns, file_seed).map_batches(
+            _cut_windows,
+            fn_kwargs=dict(info=info, spec=spec, config=config, stats=stats, seed=seed,
+                           split=split, val_stride=val_stride),
+            batch_format="pyarrow",
+            batch_size=EPISODES_PER_BATCH,
+        )
+
+    train = windows("train", seed if config.shuffle_files else None)
+    return TrainingData(train=train, val=windows("val", None), info=info, spec=spec, stats=stats)

@@ -1,0 +1,59 @@
+"""A return-conditioned policy that acts from context windows, with or without Ray."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from dtray.data import WindowSpec
+from dtray.format import DatasetInfo
+
+
+class Policy(Protocol):
+    """What evaluation needs from a policy.
+
+    ``act`` takes a batch of windows built by :func:`dtray.data.build_windows` (through
+    :class:`dtray.data.EpisodeContext`), one row per live episode, and returns the action of
+    each window's last step: (B, act_dim) floats, or (B,) ints for discrete actions.
+    """
+
+    info: DatasetInfo
+    spec: WindowSpec
+
+    def act(self, windows: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class DTPolicy:
+    """A trained Decision Transformer wrapped to act on numpy windows."""
+
+    def __init__(self, model, info: DatasetInfo, spec: WindowSpec, stats, device="cpu"):
+        self.model, self.info, self.spec, self.stats = model, info, spec, stats
+        self.device = torch.device(device)
+        self.return_stats = {
+            "min": stats.return_min,
+            "max": stats.return_max,
+            "quantiles": {float(q): v for q, v in stats.return_quantiles.items()},
+        }
+
+    @torch.no_grad()
+    def act(self, windows: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        batch = {key: torch.as_tensor(value, device=self.device) for key, value in windows.items()}
+        actions = self.model.predict(batch, deterministic=deterministic).float().cpu().numpy()
+        self.model.train(was_training)
+        return actions.astype(np.int64) if self.info.discrete else actions
+
+
+def load_policy(checkpoint_dir, device: str = "cpu") -> DTPolicy:
+    """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``)."""
+    from dtray import checkpoint
+
+    if hasattr(checkpoint_dir, "to_directory"):
+        checkpoint_dir = checkpoint_dir.to_directory()
+    config, spec, info, stats = checkpoint.read_meta(checkpoint_dir)
+    model = checkpoint.build_model(config, info)
+    checkpoint.load_weights(checkpoint_dir, model)
+    return DTPolicy(model.to(device).eval(), info, spec, stats, device)

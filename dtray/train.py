@@ -1,0 +1,268 @@
+"""Distributed training with Ray Train: ``fit(config)`` on the driver, ``train_loop`` on workers.
+
+The driver computes dataset statistics and builds lazy window datasets; each worker
+streams its shard, trains a DDP replica, and rank 0 writes checkpoints that carry
+everything needed to act (weights, config, window spec, dataset info and statistics).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from datetime import datetime
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.data import ExecutionOptions
+from ray.train.torch import TorchTrainer
+
+from dtray import checkpoint
+from dtray.config import Config, TrainConfig, from_dict
+from dtray.data import NormStats, WindowSpec, build_training_data
+from dtray.errors import DtrayError
+from dtray.format import DatasetInfo
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to the base lr, then constant or cosine decay to 10% at max_steps."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    """Torch's generators drive dropout and sampling; data order is seeded separately."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class LossModule(torch.nn.Module):
+    """Model + loss in one forward, so that DDP sees the whole computation it must sync."""
+
+    def __init__(self, model: torch.nn.Module, entropy_coef: float):
+        super().__init__()
+        self.model, self.entropy_coef = model, entropy_coef
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.model.loss(batch, entropy_coef=self.entropy_coef)
+
+
+class Trainer:
+    """One worker's training state and steps; rank 0 also writes checkpoints."""
+
+    def __init__(self, config: Config, info: DatasetInfo, spec: WindowSpec, stats: NormStats):
+        self.config, self.info, self.spec, self.stats = config, info, spec, stats
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        torch.manual_seed(config.train.seed)  # identical init on every rank
+        self.model = checkpoint.build_model(config, info).to(self.device)
+        tc = config.train
+        self.optimizer = torch.optim.AdamW(
+            self.model.optimizer_groups(tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
+            fused=self.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, tc))
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        resume_from = ray.train.get_checkpoint()
+        if resume_from is not None:
+            with resume_from.as_directory() as directory:
+                self._restore(directory)
+        else:
+            torch.manual_seed(tc.seed + 1000 * self.rank)  # different dropout per rank
+        self.loss_module = ray.train.torch.prepare_model(LossModule(self.model, tc.entropy_coef))
+        if tc.compile:
+            self.loss_module = torch.compile(self.loss_module)
+        self.batch_size = max(1, tc.batch_size // self.world_size)
+
+    def _restore(self, directory: str) -> None:
+        checkpoint.load_weights(directory, self.model)
+        state = checkpoint.load_train_state(directory)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        _set_rng_state(state["rng"][self.rank % len(state["rng"])])
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless stream of training batches, epoch after epoch; resumes mid-epoch exactly
+        by skipping the batches a restored run had already consumed."""
+        shard = ray.train.get_dataset_shard("train")
+        while True:
+            seed = hash((self.config.train.seed, self.epoch, self.rank)) % (2**32)
+            iterator = shard.iter_torch_batches(
+                batch_size=self.batch_size, drop_last=True, device=self.device,
+                local_shuffle_buffer_size=self.config.data.shuffle_buffer or None,
+                local_shuffle_seed=seed)
+            for index, batch in enumerate(iterator):
+                if index < self.batch_in_epoch:
+                    continue
+                self.batch_in_epoch = index + 1
+                yield batch
+            if self.batch_in_epoch == 0:
+                raise DtrayError("an epoch produced no full batch: the dataset is smaller than one batch")
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.loss_module.train()
+        with _autocast(self.config.train, self.device):
+            loss, metrics = self.loss_module(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": loss.item(), "grad_norm": grad_norm.item(), **{k: v.item() for k, v in metrics.items()}}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Action loss on held-out episodes: a score that needs no environment."""
+        self.model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, error*n, n
+        for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=256, device=self.device):
+            with _autocast(self.config.train, self.device):
+                loss, metrics = self.model.loss(batch, entropy_coef=0.0)
+            n = batch["mask"].sum().double()
+            totals += torch.stack([loss.double() * n, metrics["action_error"].double() * n, n])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(totals)
+        if totals[2] == 0:
+            return {}
+        return {"val_loss": (totals[0] / totals[2]).item(), "val_action_error": (totals[1] / totals[2]).item()}
+
+    def evaluate_in_env(self) -> dict[str, float]:
+        """A small return-conditioned rollout grid on rank 0 (others report NaN)."""
+        if self.rank != 0:
+            return {"eval_return": float("nan"), "eval_score": float("nan")}
+        from dtray.evaluate import evaluate_in_process
+        from dtray.policy import DTPolicy
+
+        policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device)
+        result = evaluate_in_process(policy, targets=[self.stats.return_max], episodes=self.config.eval.episodes,
+                                     seed=self.config.train.seed, max_steps=self.config.eval.max_steps)
+        return {"eval_return": float(result["return"]), "eval_score": float(result["score"])}
+
+    def train_state(self) -> dict[str, Any]:
+        states = [_rng_state()]
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": states}
+
+    def report(self, metrics: dict[str, float], with_checkpoint: bool) -> None:
+        """Every rank reports (it is a barrier); only rank 0 attaches the checkpoint."""
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        state = self.train_state()
+        with tempfile.TemporaryDirectory(prefix="dtray-ckpt-") as directory:
+            ckpt = None
+            if self.rank == 0:
+                checkpoint.save(directory, self.model, self.config, self.info, self.spec, self.stats, state, metrics)
+                ckpt = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{self.step:08d}")
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    config = from_dict(loop_config["config"])
+    trainer = Trainer(
+        config,
+        DatasetInfo.from_json(loop_config["info"]),
+        WindowSpec.from_dict(loop_config["spec"]),
+        NormStats.from_dict(loop_config["stats"]),
+    )
+    tc = config.train
+    window = {"samples": 0, "wait": 0.0, "start": time.perf_counter(), "sums": {}, "count": 0}
+    batches = trainer.batches()
+    while trainer.step < tc.max_steps:
+        fetch_start = time.perf_counter()
+        batch = next(batches)
+        window["wait"] += time.perf_counter() - fetch_start
+        for key, value in trainer.train_step(batch).items():
+            window["sums"][key] = window["sums"].get(key, 0.0) + value
+        window["count"] += 1
+        window["samples"] += trainer.batch_size * trainer.world_size
+        step = trainer.step
+        checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.max_steps
+        if not (checkpoint_now or step % tc.log_every == 0):
+            continue
+        elapsed = time.perf_counter() - window["start"]
+        metrics = {k: v / window["count"] for k, v in window["sums"].items()}
+        metrics.update(step=step, epoch=trainer.epoch, lr=trainer.scheduler.get_last_lr()[0],
+                       samples_per_s=window["samples"] / elapsed, data_wait_frac=window["wait"] / elapsed)
+        if checkpoint_now:
+            metrics.update(trainer.validate())
+        if tc.eval_every and (step % tc.eval_every == 0 or step == tc.max_steps):
+            metrics.update(trainer.evaluate_in_env())
+        trainer.report(metrics, with_checkpoint=checkpoint_now)
+        window = {"samples": 0, "wait": 0.0, "start": time.perf_counter(), "sums": {}, "count": 0}
+
+
+def _storage_path(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def fit(config: Config, *, callbacks: Sequence[Any] = (), run_name: str | None = None) -> ray.train.Result:
+    """Train on the Ray cluster this process is connected to (``ray.init()`` first)."""
+    _check_resources(config)
+    data = build_training_data(config.data, seed=config.train.seed)
+    name = run_name or config.run.name or f"dtray-{data.info.env_id}-{datetime.now():%Y%m%d-%H%M%S}"
+    rc = config.run
+    resources = {"CPU": rc.cpus_per_worker, **({"GPU": 1} if rc.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": config.to_dict(), "info": data.info.to_json(),
+                           "spec": data.spec.to_dict(), "stats": data.stats.to_dict()},
+        scaling_config=ray.train.ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=_storage_path(rc.storage_path),
+            callbacks=list(callbacks),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=rc.num_to_keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
+            failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
+        ),
+        datasets={"train": data.train, "val": data.val},
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train", "val"],
+            execution_options=ExecutionOptions(preserve_order=config.data.deterministic),
+        ),
+    )
+    return trainer.fit()
+
+
+def _check_resources(config: Config) -> None:
+    """Refuse plans that leave Ray Data no CPU: they hang instead of failing."""
+    total = ray.cluster_resources().get("CPU", 0)
+    workers = config.run.num_workers * config.run.cpus_per_worker
+    if total and total - workers < 0.5:
+        raise DtrayError(
+            f"run.num_workers={config.run.num_workers} x run.cpus_per_worker={config.run.cpus_per_worker} "
+            f"leaves {total - workers:g} of {total:g} CPUs for reading data: lower cpus_per_worker (e.g. 0.5)")

@@ -1,0 +1,202 @@
+"""The window convention, sampling schemes and statistics of the Ray Data pipeline."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from dtray.config import DataConfig
+from dtray.data import (
+    EpisodeContext,
+    NormStats,
+    WindowSpec,
+    boltzmann_weights,
+    build_training_data,
+    build_windows,
+    effective_sample_size,
+    is_validation,
+    log_partition,
+    next_return_to_go,
+    returns_to_go,
+    sampling_rate,
+    window_ends,
+)
+from dtray.format import DatasetInfo, Episode, write_dataset
+
+
+def spec(K=3, max_ep_len=100, rtg_scale=1.0, gamma=1.0, mean=None, std=None):
+    return WindowSpec(K, max_ep_len, rtg_scale, gamma, mean, std)
+
+
+def test_returns_to_go_undiscounted_includes_current_reward():
+    assert returns_to_go(np.array([1.0, 2.0, 3.0]), 1.0).tolist() == [6.0, 5.0, 3.0]
+
+
+def test_returns_to_go_discounted_by_hand():
+    r = np.array([1.0, 2.0, 3.0])
+    expected = [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3]
+    np.testing.assert_allclose(returns_to_go(r, 0.5), expected)
+
+
+def test_inference_rtg_update_inverts_the_recursion():
+    r = np.array([1.0, -2.0, 0.5, 4.0])
+    for gamma in (1.0, 0.9):
+        rtg = returns_to_go(r, gamma)
+        for t in range(len(r) - 1):
+            assert next_return_to_go(rtg[t], r[t], gamma) == pytest.approx(rtg[t + 1])
+
+
+def test_window_left_pads_with_zero_mask_and_scales_rtg():
+    states = np.arange(4.0)[:, None] + 1
+    actions = -np.arange(4.0)[:, None] - 1
+    rtg = returns_to_go(np.ones(4), 1.0)  # [4, 3, 2, 1]
+    w = build_windows(spec(K=3, rtg_scale=2.0), states, actions, rtg, ends=[0, 3])
+    np.testing.assert_array_equal(w["mask"], [[0, 0, 1], [1, 1, 1]])
+    np.testing.assert_array_equal(w["states"][..., 0], [[0, 0, 1], [2, 3, 4]])
+    np.testing.assert_array_equal(w["actions"][..., 0], [[0, 0, -1], [-2, -3, -4]])
+    np.testing.assert_allclose(w["returns_to_go"], [[0, 0, 2.0], [1.5, 1.0, 0.5]])
+    np.testing.assert_array_equal(w["timesteps"], [[0, 0, 0], [1, 2, 3]])
+
+
+def test_timesteps_are_clipped_and_states_normalised():
+    states = np.full((6, 2), 3.0)
+    w = build_windows(spec(K=2, max_ep_len=4, mean=(1.0, 2.0), std=(2.0, 0.5)), states,
+                      np.zeros((6, 1)), np.zeros(6), ends=[5])
+    np.testing.assert_array_equal(w["timesteps"], [[3, 3]])
+    np.testing.assert_allclose(w["states"][0, 0], [1.0, 2.0])
+
+
+def test_discrete_actions_stay_integers():
+    w = build_windows(spec(K=2), np.zeros((3, 1)), np.array([2, 1, 0]), np.zeros(3), ends=[2])
+    assert w["actions"].dtype == np.int64
+    np.testing.assert_array_equal(w["actions"], [[1, 0]])
+
+
+def test_inference_context_equals_training_window_at_every_step():
+    """Guard rail: feeding a recorded episode step by step through EpisodeContext builds
+    exactly the training window at every step (the unknown current action is the only
+    difference, and it is a zero placeholder)."""
+    rng = np.random.default_rng(0)
+    T, K, gamma = 12, 4, 0.9
+    obs = rng.normal(size=(T + 1, 3))
+    actions = rng.normal(size=(T, 2))
+    rewards = rng.normal(size=T)
+    s = spec(K=K, max_ep_len=8, rtg_scale=10.0, gamma=gamma, mean=(0.1, 0.2, 0.3), std=(1.0, 2.0, 3.0))
+    rtg = returns_to_go(rewards, gamma)
+    training = build_windows(s, obs[:T], actions, rtg, ends=np.arange(T))
+    context = EpisodeContext(s, target_return=rtg[0], first_obs=obs[0], action_shape=(2,), action_dtype=np.float32)
+    for t in range(T):
+        window = context.window()
+        for key in ("states", "returns_to_go", "timesteps", "mask"):
+            np.testing.assert_allclose(window[key][0], training[key][t], rtol=1e-5, atol=1e-6, err_msg=f"{key} at t={t}")
+        np.testing.assert_allclose(window["actions"][0, :-1], training["actions"][t, :-1], rtol=1e-6)
+        np.testing.assert_array_equal(window["actions"][0, -1], 0.0)
+        context.record(actions[t], rewards[t], obs[t + 1])
+
+
+def test_log_partition_is_stable_and_weights_normalise():
+    returns = np.array([1000.0, 999.0, 0.0])
+    assert np.isfinite(log_partition(returns, 0.01))
+    w = boltzmann_weights(returns, 1.0)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] / w[1] == pytest.approx(np.e)
+    assert effective_sample_size(boltzmann_weights(returns, 1e9)) == pytest.approx(3.0)
+    assert effective_sample_size(boltzmann_weights(returns, 1e-3)) == pytest.approx(1.0)
+
+
+def test_validation_split_is_stable_and_close_to_fraction():
+    ids = np.arange(20_000)
+    val = is_validation(ids, 0.1, seed=3)
+    assert abs(val.mean() - 0.1) < 0.01
+    np.testing.assert_array_equal(val, is_validation(ids, 0.1, seed=3))
+    assert (val != is_validation(ids, 0.1, seed=4)).any()
+
+
+def _stats(returns, lengths, config):
+    return NormStats(None, None, len(returns), int(np.sum(lengths)), 0, 0, float(np.min(returns)),
+                     float(np.max(returns)), 0.0, 1.0, {}, log_partition(returns, config.temperature),
+                     float(np.percentile(returns, 100 - config.top_percent)))
+
+
+@pytest.mark.parametrize("sampling", ["length", "uniform_episode", "top_percent", "boltzmann"])
+def test_sampling_frequencies_match_their_formula(sampling):
+    """Over many epochs, the share of windows from each episode matches the scheme's p(tau)."""
+    returns = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    lengths = np.array([10, 40, 20, 30, 50])
+    config = DataConfig(sampling=sampling, temperature=1.5, top_percent=40.0)
+    stats = _stats(returns, lengths, config)
+    counts = np.zeros(len(returns))
+    epochs = 400
+    for epoch in range(epochs):
+        for i in range(len(returns)):
+            ends = window_ends(config, stats, i, returns[i], lengths[i], seed=0, epoch=epoch)
+            assert ((0 <= ends) & (ends < lengths[i])).all()
+            counts[i] += len(ends)
+    expected = {
+        "length": lengths / lengths.sum(),
+        "uniform_episode": np.full(5, 0.2),
+        "top_percent": np.where(returns >= 2.4, lengths, 0) / lengths[returns >= 2.4].sum(),
+        "boltzmann": boltzmann_weights(returns, 1.5),
+    }[sampling]
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.01)
+    # every scheme's epoch is about train_steps windows
+    assert counts.sum() / epochs == pytest.approx(
+        lengths[returns >= 2.4].sum() if sampling == "top_percent" else lengths.sum(), rel=0.02)
+
+
+def test_boltzmann_limits():
+    returns, lengths = np.array([0.0, 5.0, 10.0]), np.array([10, 10, 10])
+    hot = DataConfig(sampling="boltzmann", temperature=1e9)
+    cold = DataConfig(sampling="boltzmann", temperature=1e-3)
+    rates_hot = [sampling_rate(hot, _stats(returns, lengths, hot), r, n) for r, n in zip(returns, lengths)]
+    rates_cold = [sampling_rate(cold, _stats(returns, lengths, cold), r, n) for r, n in zip(returns, lengths)]
+    np.testing.assert_allclose(rates_hot, [10, 10, 10])
+    np.testing.assert_allclose(rates_cold, [0, 0, 30], atol=1e-6)
+
+
+# --- on a real local Ray ------------------------------------------------------------------
+
+
+def make_dataset(path, n_episodes=40, seed=0, obs_dim=3, steps_per_file=300):
+    """Episodes whose observation is (episode_id, t, noise): windows name their origin."""
+    rng = np.random.default_rng(seed)
+    info = DatasetInfo("Pendulum-v1", gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
+                       gym.spaces.Box(-2.0, 2.0, (1,), np.float32))
+    episodes = []
+    for i, length in enumerate(rng.integers(5, 40, size=n_episodes)):
+        obs = np.stack([np.full(length, i), np.arange(length), rng.normal(size=length)], 1).astype(np.float32)
+        episodes.append(Episode(obs, rng.uniform(-2, 2, (length, 1)).astype(np.float32),
+                                rng.normal(size=length), False, True, None, i))
+    write_dataset(episodes, info, path, steps_per_file=steps_per_file)
+    return episodes
+
+
+def test_normalisation_stats_match_numpy(ray_local, tmp_path):
+    episodes = make_dataset(tmp_path / "ds")
+    config = DataConfig(paths=[str(tmp_path / "ds")], val_fraction=0.2, gamma=0.99)
+    data = build_training_data(config, seed=0)
+    train = [e for e in episodes if not is_validation([e.episode_id], 0.2, 0)[0]]
+    states = np.concatenate([e.observations for e in train]).astype(np.float64)
+    np.testing.assert_allclose(data.stats.state_mean, states.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(data.stats.state_std, states.std(0), rtol=1e-4)
+    returns = [returns_to_go(e.rewards, 0.99)[0] for e in train]
+    assert data.stats.train_episodes == len(train)
+    assert data.stats.train_steps == sum(e.length for e in train)
+    assert data.stats.return_max == pytest.approx(max(returns))
+    assert data.stats.return_mean == pytest.approx(np.mean(returns))
+
+
+def test_pipeline_windows_equal_build_windows_on_each_episode(ray_local, tmp_path):
+    episodes = make_dataset(tmp_path / "ds", n_episodes=12)
+    config = DataConfig(paths=[str(tmp_path / "ds")], context_len=4, val_fraction=0.0, normalize_states=False)
+    data = build_training_data(config, seed=0)
+    rows = data.train.take_batch(10_000, batch_format="numpy")
+    last = rows["states"][:, -1, :2].astype(int)  # (episode, t) of each window's end
+    assert len(last) == sum(e.length for e in episodes)
+    for episode in episodes:
+        ends = np.arange(episode.length)
+        expected = build_windows(data.spec, episode.observations, episode.actions,
+                                 returns_to_go(episode.rewards, 1.0), ends)
+        picked = np.flatnonzero(last[:, 0] == episode.episode_id)
+        picked = picked[np.argsort(last[picked, 1])]
+        for key in expected:
+            np.testing.assert_allclose(rows[key][picked], expected[key], rtol=1e-6)
