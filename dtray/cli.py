@@ -74,6 +74,25 @@ def _cmd_train(args) -> None:
     print(f"checkpoint: {best.path if best else None}")
 
 
+def _cmd_demo(args) -> None:
+    """The main job: built-in dataset -> Ray Train -> evaluation grid, on one machine."""
+    from dtray import config as cfg
+    from dtray.collect import collect
+    from dtray.evaluate import evaluate_checkpoints
+    from dtray.train import fit
+
+    config = cfg.load(args.config, args.overrides)
+    connect(args.address)
+    dataset = Path(config.data.paths[0])
+    if not dataset.exists():
+        print(f"collecting {args.dataset} into {dataset} ...")
+        collect(args.dataset, dataset, seed=config.train.seed)
+    result = fit(config)
+    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+    print(f"checkpoint: {best.path}")
+    evaluate_checkpoints([best.path], config.eval)
+
+
 def _cmd_evaluate(args) -> None:
     from dtray import config as cfg
     from dtray.evaluate import evaluate_checkpoints
@@ -140,11 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--alphas", type=float, nargs="+", default=None)
 
-    for name, handler, text in (("train", _cmd_train, "train a Decision Transformer with Ray Train"),
+    for name, handler, text in (("demo", _cmd_demo, "main job: collect, train and evaluate on Pendulum"),
+                                ("train", _cmd_train, "train a Decision Transformer with Ray Train"),
                                 ("evaluate", _cmd_evaluate, "evaluate checkpoints over a target-return grid"),
                                 ("tune", _cmd_tune, "run a Ray Tune search from tune_configs/")):
         p = command(name, handler, text, ray_cluster=True)
-        p.add_argument("--config", default=None, required=name == "tune")
+        p.add_argument("--config", default="configs/pendulum.yaml" if name == "demo" else None,
+                       required=name == "tune")
         p.add_argument("overrides", nargs="*", help="section.key=value")
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--checkpoint", nargs="+", required=True)
@@ -154,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=None)
     evaluate.add_argument("--num-actors", type=int, default=None)
     evaluate.add_argument("--out", default=None)
+    sub.choices["demo"].add_argument("--dataset", default="pendulum-medium-expert",
+                                     help="built-in dataset collected when data.paths[0] is missing")
     sub.choices["tune"].add_argument("--resume", action="store_true", help="continue a stopped search")
     return parser
 

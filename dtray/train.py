@@ -87,6 +87,7 @@ class Trainer:
             fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, tc))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.resumed_from_step = 0
         resume_from = ray.train.get_checkpoint()
         if resume_from is not None:
             with resume_from.as_directory() as directory:
@@ -104,6 +105,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        self.resumed_from_step = self.step
         _set_rng_state(state["rng"][self.rank % len(state["rng"])])
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -214,7 +216,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             continue
         elapsed = time.perf_counter() - window["start"]
         metrics = {k: v / window["count"] for k, v in window["sums"].items()}
-        metrics.update(step=step, epoch=trainer.epoch, lr=trainer.scheduler.get_last_lr()[0],
+        metrics.update(step=step, epoch=trainer.epoch, resumed_from_step=trainer.resumed_from_step, lr=trainer.scheduler.get_last_lr()[0],
                        samples_per_s=window["samples"] / elapsed, data_wait_frac=window["wait"] / elapsed)
         if checkpoint_now:
             metrics.update(trainer.validate())
@@ -249,7 +251,8 @@ def fit(config: Config, *, callbacks: Sequence[Any] = (), run_name: str | None =
                 num_to_keep=rc.num_to_keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
             failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
         ),
-        datasets={"train": data.train, "val": data.val},
+        # validation is bounded by data.val_max_windows: materialise it once, not every check
+        datasets={"train": data.train, "val": data.val.materialize()},
         dataset_config=ray.train.DataConfig(
             datasets_to_split=["train", "val"],
             execution_options=ExecutionOptions(preserve_order=config.data.deterministic),

@@ -1,0 +1,192 @@
+"""Windows/s and peak memory: dtray's streaming Ray Data pipeline vs. an in-memory sampler.
+
+The baseline is written like the original Decision Transformer's ``get_batch``: the whole
+dataset in Python lists of numpy arrays, episodes picked with probability proportional to
+their length, a random start, and a Python loop that pads each window.
+
+Each measurement runs in a fresh subprocess; peak memory is the peak of the summed RSS of
+that subprocess and all of its descendants (the Ray driver, raylet, workers and object
+store pages mapped into them), sampled every 0.1 s. The 10x dataset lists every file of
+the 1x dataset ten times (symlinks), so it holds the same episodes ten times over.
+
+    python benchmarks/bench_data.py [--episodes 5000] [--windows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH = 64
+K = 20
+
+
+def tree_rss(pid: int) -> int:
+    """Summed RSS (bytes) of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def measure(mode: str, data: str, windows: int) -> dict:
+    """Run one mode in a subprocess and sample its process tree's memory."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--data", data, "--windows", str(windows)],
+                            stdout=subprocess.PIPE, text=True)
+    peak = 0
+
+    def sample():
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, _ = proc.communicate()
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"{mode} on {data} failed")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_mb"] = peak / 2**20
+    return result
+
+
+def in_memory_child(data: str, windows: int) -> dict:
+    """The original DT's sampler: load everything, then Python-loop over each window."""
+    from dtray.format import read_episodes
+
+    trajectories = [{"observations": e.observations, "actions": e.actions, "rewards": e.rewards}
+                    for e in read_episodes(data)]
+    states = np.concatenate([t["observations"] for t in trajectories])
+    state_mean, state_std = states.mean(0), states.std(0) + 1e-6
+    lengths = np.array([len(t["rewards"]) for t in trajectories])
+    p_sample = lengths / lengths.sum()
+    rng = np.random.default_rng(0)
+
+    def discount_cumsum(x, gamma):
+        out = np.zeros_like(x)
+        out[-1] = x[-1]
+        for t in reversed(range(x.shape[0] - 1)):
+            out[t] = x[t] + gamma * out[t + 1]
+        return out
+
+    def get_batch(batch_size):
+        idx = rng.choice(len(trajectories), size=batch_size, replace=True, p=p_sample)
+        s, a, r, ts, m = [], [], [], [], []
+        for i in idx:
+            traj = trajectories[i]
+            si = rng.integers(0, len(traj["rewards"]))
+            obs, act = traj["observations"][si:si + K], traj["actions"][si:si + K]
+            rtg = discount_cumsum(traj["rewards"][si:], 1.0)[: len(obs)] / 1000.0
+            tlen = len(obs)
+            pad = K - tlen
+            s.append(np.concatenate([np.zeros((pad, obs.shape[1])), (obs - state_mean) / state_std]))
+            a.append(np.concatenate([np.zeros((pad, act.shape[1])), act]))
+            r.append(np.concatenate([np.zeros(pad), rtg]))
+            ts.append(np.concatenate([np.zeros(pad), np.arange(si, si + tlen)]))
+            m.append(np.concatenate([np.zeros(pad), np.ones(tlen)]))
+        return [np.stack(x).astype(np.float32) for x in (s, a, r, ts, m)]
+
+    start = time.perf_counter()
+    done = 0
+    while done < windows:
+        get_batch(BATCH)
+        done += BATCH
+    return {"windows_per_s": done / (time.perf_counter() - start)}
+
+
+def streaming_child(data: str, windows: int) -> dict:
+    """dtray's pipeline: statistics pass, then windows streamed into torch batches."""
+    import ray
+
+    from dtray.config import DataConfig
+    from dtray.data import build_training_data
+
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="bench-data-"),
+             logging_level="ERROR", log_to_driver=False)
+    config = DataConfig(paths=[data], context_len=K, max_ep_len=1000, val_fraction=0.0)
+    stats_start = time.perf_counter()
+    pipeline = build_training_data(config, seed=0)
+    stats_s = time.perf_counter() - stats_start
+    start = time.perf_counter()
+    done = 0
+    for batch in pipeline.train.iter_torch_batches(batch_size=BATCH, local_shuffle_buffer_size=2048, drop_last=True):
+        done += len(batch["mask"])
+        if done >= windows:
+            break
+    result = {"windows_per_s": done / (time.perf_counter() - start), "stats_pass_s": stats_s}
+    ray.shutdown()
+    return result
+
+
+def make_datasets(episodes: int, root: Path) -> tuple[str, str]:
+    import ray
+
+    from dtray.collect import collect
+
+    one = root / "x1"
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="bench-collect-"),
+             logging_level="ERROR", log_to_driver=False)
+    collect("pendulum-medium-replay", one, seed=0, episodes=episodes)
+    ray.shutdown()
+    ten = root / "x10"
+    ten.mkdir()
+    for copy in range(10):
+        for f in sorted(one.glob("*.parquet")):
+            (ten / f"c{copy}-{f.name}").symlink_to(f.resolve())
+    return str(one), str(ten)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--episodes", type=int, default=5000, help="Pendulum episodes (200 steps each)")
+    parser.add_argument("--windows", type=int, default=200_000, help="windows drawn per measurement")
+    parser.add_argument("--child", choices=["in_memory", "streaming"])
+    parser.add_argument("--data")
+    args = parser.parse_args()
+    if args.child:
+        run = in_memory_child if args.child == "in_memory" else streaming_child
+        print(json.dumps(run(args.data, args.windows)))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as root:
+        one, ten = make_datasets(args.episodes, Path(root))
+        rows = [("in-memory get_batch (DT)", "1x", measure("in_memory", one, args.windows)),
+                ("dtray Ray Data streaming", "1x", measure("streaming", one, args.windows)),
+                ("in-memory get_batch (DT)", "10x", measure("in_memory", ten, args.windows)),
+                ("dtray Ray Data streaming", "10x", measure("streaming", ten, args.windows))]
+    base = rows[0][2]["windows_per_s"]
+    steps = args.episodes * 200
+    print(f"\nPendulum, {steps:,} steps (1x) / {10 * steps:,} (10x), K={K}, batch {BATCH}, "
+          f"{args.windows:,} windows per row, 2 CPUs\n")
+    print("| sampler | data | windows/s | vs in-memory 1x | peak memory (MB) |")
+    print("|---|---|---:|---:|---:|")
+    for name, size, r in rows:
+        print(f"| {name} | {size} | {r['windows_per_s']:,.0f} | {r['windows_per_s'] / base:.2f}x | {r['peak_mb']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
