@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dtray: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `dtray datasets list | head`
+        sys.stderr.close()
+        return 0
     except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
         found = user_error(err)
         if found is None:

@@ -101,33 +101,41 @@ class Episode:
         return len(self.rewards if self.rewards is not None else self.observations)
 
 
-def _list_of_rows(arrays: list[np.ndarray]) -> pa.Array:
-    """Per-episode arrays (T_i, ...) -> list<list<x>> (or list<x> for 1-D), without Python loops."""
-    lengths = np.array([len(a) for a in arrays], dtype=np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    flat = np.concatenate([a.reshape(len(a), -1) for a in arrays]) if arrays else np.zeros((0, 1))
-    if arrays and arrays[0].ndim == 1:
-        return pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)))
-    width = flat.shape[1]
+def _list_of_rows(arrays: list[np.ndarray | None], width: int) -> pa.Array:
+    """Per-episode arrays (T_i, width) -> list<list<x>>, or (T_i,) -> list<x> when width == 0,
+    built from flat buffers without Python loops over steps. ``None`` becomes a null row."""
+    present = [a for a in arrays if a is not None]
+    lengths = np.array([0 if a is None else len(a) for a in arrays], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    if present:
+        flat = np.concatenate([a.reshape(len(a), max(width, 1)) for a in present])
+    else:
+        flat = np.zeros((0, max(width, 1)), dtype=np.float32)
+    mask = pa.array([a is None for a in arrays])
+    if width == 0:
+        return pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)), mask=mask)
     inner_offsets = np.arange(0, flat.shape[0] * width + 1, width, dtype=np.int32)
     inner = pa.ListArray.from_arrays(inner_offsets, pa.array(flat.reshape(-1)))
-    return pa.ListArray.from_arrays(offsets, inner)
+    return pa.ListArray.from_arrays(offsets, inner, mask=mask)
 
 
 def episodes_to_table(episodes: list[Episode], info: DatasetInfo) -> pa.Table:
+    obs_width = int(np.prod(info.obs_shape))
+    if info.discrete:
+        actions = _list_of_rows([e.actions.astype(np.int64).reshape(-1) for e in episodes], 0)
+    else:
+        actions = _list_of_rows([e.actions for e in episodes], info.act_dim)
     columns = {
         "episode_id": pa.array([e.episode_id for e in episodes], pa.int64()),
-        "observations": _list_of_rows([e.observations for e in episodes]),
-        "actions": _list_of_rows(
-            [e.actions.astype(np.int64) if info.discrete else e.actions for e in episodes]
-        ),
-        "rewards": _list_of_rows([e.rewards for e in episodes]),
-        "terminated": pa.array([bool(e.terminated) for e in episodes]),
-        "truncated": pa.array([bool(e.truncated) for e in episodes]),
+        "observations": _list_of_rows([e.observations for e in episodes], obs_width),
+        "actions": actions,
+        "rewards": _list_of_rows([e.rewards.reshape(-1) for e in episodes], 0),
+        "terminated": pa.array([bool(e.terminated) for e in episodes], pa.bool_()),
+        "truncated": pa.array([bool(e.truncated) for e in episodes], pa.bool_()),
     }
-    if episodes and all(e.final_observation is not None for e in episodes):
-        finals = [e.final_observation.reshape(1, -1) for e in episodes]
-        columns["final_observation"] = _list_of_rows(finals).flatten()
+    if any(e.final_observation is not None for e in episodes):
+        finals = [None if e.final_observation is None else e.final_observation.reshape(-1) for e in episodes]
+        columns["final_observation"] = _list_of_rows(finals, 0)
     table = pa.table(columns)
     return table.replace_schema_metadata({METADATA_KEY: info.to_json().encode()})
 
@@ -154,6 +162,8 @@ def write_dataset(
         names: list[str] = []
         chunk: list[Episode] = []
         chunk_steps = 0
+        # Arrow list offsets are int32: keep each file under 2**31 observation values too
+        steps_per_file = min(steps_per_file, max(1, 2**30 // int(np.prod(info.obs_shape))))
         for episode in episodes:
             chunk.append(episode)
             chunk_steps += episode.length

@@ -97,6 +97,8 @@ class Trainer:
         self.loss_module = ray.train.torch.prepare_model(LossModule(self.model, tc.entropy_coef))
         if tc.compile:
             self.loss_module = torch.compile(self.loss_module)
+        # the untrained model's validation loss: the baseline that learning must beat
+        self.initial_val_loss = self.validate().get("val_loss", float("nan")) if resume_from is None else None
         self.batch_size = max(1, tc.batch_size // self.world_size)
 
     def _restore(self, directory: str) -> None:
@@ -220,6 +222,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                        samples_per_s=window["samples"] / elapsed, data_wait_frac=window["wait"] / elapsed)
         if checkpoint_now:
             metrics.update(trainer.validate())
+            if trainer.initial_val_loss is not None:
+                metrics["initial_val_loss"] = trainer.initial_val_loss
         if tc.eval_every and (step % tc.eval_every == 0 or step == tc.max_steps):
             metrics.update(trainer.evaluate_in_env())
         trainer.report(metrics, with_checkpoint=checkpoint_now)
