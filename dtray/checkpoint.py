@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
@@ -36,6 +37,9 @@ def build_model(config: Config, info: DatasetInfo) -> DecisionTransformer:
         model_config = type(model_config)(**{**model_config.__dict__, "policy": "discrete"})
     bounds = {} if info.discrete else {
         "action_low": info.action_space.low, "action_high": info.action_space.high}
+    if bounds and not (np.isfinite(bounds["action_low"]).all() and np.isfinite(bounds["action_high"]).all()):
+        raise DtrayError(f"{info.env_id}: action space {info.action_space} is unbounded; the tanh policy "
+                         "head needs finite bounds (set them in the dataset's metadata)")
     return DecisionTransformer(
         model_config,
         obs_shape=info.obs_shape,

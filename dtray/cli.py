@@ -69,8 +69,9 @@ def _cmd_train(args) -> None:
     result = fit(config)
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     metrics = result.metrics or {}
-    print(f"final step {metrics.get('step')}: loss {metrics.get('loss', float('nan')):.4f}, "
-          f"val_loss {metrics.get('val_loss', float('nan')):.4f}")
+    nan = float("nan")
+    print(f"final step {metrics.get('step')}: loss {metrics.get('loss', nan):.4f}, val_loss "
+          f"{metrics.get('val_loss', nan):.4f} (untrained model: {metrics.get('initial_val_loss', nan):.4f})")
     print(f"checkpoint: {best.path if best else None}")
 
 

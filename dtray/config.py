@@ -167,8 +167,13 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     return from_dict(apply_overrides(data, list(overrides)), source)
 
 
+def dumps(config: Config) -> str:
+    """The config as YAML text that :func:`load` reads back."""
+    return yaml.safe_dump(_plain(config.to_dict()), sort_keys=False)
+
+
 def save(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+    Path(path).write_text(dumps(config))
 
 
 def _plain(value: Any) -> Any:

@@ -84,7 +84,7 @@ class Trainer:
         tc = config.train
         self.optimizer = torch.optim.AdamW(
             self.model.optimizer_groups(tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
-            fused=self.device.type == "cuda")
+            fused=True)  # one kernel per step; at least as fast as foreach on CPU too
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, tc))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.resumed_from_step = 0

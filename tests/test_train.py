@@ -138,3 +138,14 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_local, dataset, tmp_p
     assert result.metrics["step"] == 100
     assert result.metrics["resumed_from_step"] >= 20  # restarted from a checkpoint, not from scratch
     assert result.error is None
+
+
+def test_in_training_evaluation_reports_return_and_score(ray_local, dataset, tmp_path):
+    """train.eval_every runs a small rollout grid in the real env and reports it."""
+    cfg = tiny_config(dataset, tmp_path, "with-eval", max_steps=10, checkpoint_every=10, eval_every=10)
+    cfg.eval.episodes = 2
+    cfg.eval.max_steps = 20
+    metrics = fit(cfg).metrics
+    assert np.isfinite(metrics["eval_return"])
+    assert metrics["eval_return"] < 0  # Pendulum rewards are never positive
+    assert "eval_score" in metrics

@@ -1,0 +1,137 @@
+"""Training samples/s on CPU: dtray's Decision Transformer vs Hugging Face's, in one run.
+
+Both models get the same shape (state_dim 17, act_dim 6, K=20, batch 64, dropout 0.1, GELU,
+max_ep_len 1000), the same batch (a quarter of the windows left-padded, as at episode
+starts), the same loss (masked MSE on the action predictions), and the same step: AdamW
+(lr 1e-4, weight decay 1e-4 on matrices), grad-norm clip 0.25. HF's model is built from a
+config with SDPA attention. Variants time one thing each: the fused AdamW kernel, and bf16
+autocast (this CPU has AVX512-BF16). After warm-up, variants take turns one step at a
+time, ``--steps`` times, so that load from other processes hits all of them alike; the
+table uses each variant's median step time, and also its fastest step (the least disturbed).
+
+    python benchmarks/bench_train.py [--steps 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from dtray.config import ModelConfig
+from dtray.model import DecisionTransformer
+
+STATE_DIM, ACT_DIM, K, BATCH, MAX_EP_LEN = 17, 6, 20, 64, 1000
+SIZES = {"d=128, 3 layers, 1 head": (128, 3, 1), "d=256, 6 layers, 8 heads": (256, 6, 8)}
+
+
+def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(BATCH, K)
+    for row in range(BATCH // 4):  # windows that start before the episode does
+        mask[row, : int(torch.randint(1, K, (1,), generator=gen))] = 0
+    return {
+        "states": torch.randn(BATCH, K, STATE_DIM, generator=gen) * mask[..., None],
+        "actions": (torch.rand(BATCH, K, ACT_DIM, generator=gen) * 2 - 1) * mask[..., None],
+        "returns_to_go": torch.rand(BATCH, K, generator=gen) * mask,
+        "timesteps": torch.randint(0, MAX_EP_LEN, (BATCH, K), generator=gen) * mask.long(),
+        "mask": mask,
+    }
+
+
+def dtray_model(d: int, n_layer: int, n_head: int) -> tuple[torch.nn.Module, list[dict], callable]:
+    model = DecisionTransformer(ModelConfig(embed_dim=d, n_layer=n_layer, n_head=n_head), (STATE_DIM,),
+                                ACT_DIM, discrete=False, context_len=K, max_ep_len=MAX_EP_LEN)
+    return model, model.optimizer_groups(1e-4), lambda batch: model.loss(batch)[0]
+
+
+def hf_model(d: int, n_layer: int, n_head: int) -> tuple[torch.nn.Module, list[dict], callable]:
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    config = DecisionTransformerConfig(
+        state_dim=STATE_DIM, act_dim=ACT_DIM, hidden_size=d, n_layer=n_layer, n_head=n_head, n_inner=4 * d,
+        activation_function="gelu", max_ep_len=MAX_EP_LEN, action_tanh=True, attn_implementation="sdpa")
+    model = DecisionTransformerModel(config)
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 1e-4},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+    def loss(batch):
+        _, action_preds, _ = model(
+            states=batch["states"], actions=batch["actions"], returns_to_go=batch["returns_to_go"][..., None],
+            timesteps=batch["timesteps"], attention_mask=batch["mask"], return_dict=False)
+        mse = F.mse_loss(action_preds.float(), batch["actions"], reduction="none").mean(-1)
+        return (mse * batch["mask"]).sum() / batch["mask"].sum()
+
+    return model, groups, loss
+
+
+VARIANTS = {  # name: (builder, fused AdamW, bf16 autocast)
+    "HF fp32": (hf_model, False, False),
+    "HF fp32, fused AdamW": (hf_model, True, False),
+    "dtray fp32": (dtray_model, False, False),
+    "dtray fp32, fused AdamW": (dtray_model, True, False),
+    "HF bf16, fused AdamW": (hf_model, True, True),
+    "dtray bf16, fused AdamW": (dtray_model, True, True),
+}
+
+
+def trainer(builder, size: tuple[int, int, int], fused: bool, bf16: bool):
+    """A closure that runs one training step."""
+    torch.manual_seed(0)
+    model, groups, loss_fn = builder(*size)
+    model.train()
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), fused=fused)
+    batch = make_batch()
+
+    def step() -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = loss_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; batch {BATCH} x K={K}, {args.steps} interleaved steps per variant\n")
+    print("| model | variant | samples/s (median step) | vs HF fp32 | samples/s (fastest step) | vs HF fp32 |")
+    print("|---|---|---:|---:|---:|---:|")
+    for size_name, size in SIZES.items():
+        steps = {name: trainer(builder, size, fused, bf16) for name, (builder, fused, bf16) in VARIANTS.items()}
+        for step in steps.values():
+            for _ in range(args.warmup):
+                step()
+        seconds: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.steps):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                seconds[name].append(time.perf_counter() - start)
+        rates = {name: (BATCH / statistics.median(t), BATCH / min(t)) for name, t in seconds.items()}
+        for name, (median, fastest) in rates.items():
+            base_median, base_fastest = rates["HF fp32"]
+            print(f"| {size_name} | {name} | {median:,.0f} | {median / base_median:.2f}x "
+                  f"| {fastest:,.0f} | {fastest / base_fastest:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

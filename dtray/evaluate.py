@@ -1,0 +1,560 @@
+"""Return-conditioned evaluation: a grid of target returns run on a pool of Ray actors.
+
+The grid is policies x envs x targets x seeds, ``episodes`` per **cell**. Episode ``i`` of a
+cell with seed ``s`` resets its env with :func:`episode_seed` ``(s, i)``, the same for every
+policy and target, so that targets are compared on the same start states.
+
+One episode loop, :class:`BatchRunner`, steps many episodes together with one batched
+``policy.act`` per step; each episode has its own target and its own
+:class:`dtray.data.EpisodeContext` (the window builder shared with training). It runs inside
+the pool's actors, in :func:`evaluate_in_process` (in-training evaluation) and in the benchmark.
+
+Results (:func:`evaluate_grid`) go to ``out_dir``: ``episodes.parquet``/``episodes.csv`` (one
+row per episode), ``summary.csv`` (one row per policy, env and target) and ``calibration.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import os
+import sys
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import ray
+from ray.exceptions import RayActorError
+
+from dtray.config import EvalConfig
+from dtray.data import WINDOW_KEYS, EpisodeContext
+from dtray.errors import DtrayError
+from dtray.policy import Policy
+
+AUTO_QUANTILES = (0.1, 0.5, 0.9)
+BEYOND_MAX = 0.1  # the last auto target lies this fraction of the dataset's return range above its max
+MAX_DEATHS_PER_ACTOR = 3  # actor deaths tolerated per pool slot before the run gives up
+EPISODE_COLUMNS = ("policy", "env", "target", "seed", "episode", "env_seed", "return", "score", "length")
+
+
+# --- the grid ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """``episodes`` episodes of one policy on one env with one target return and seed."""
+
+    id: int
+    policy: str
+    env_id: str
+    target: float
+    seed: int
+    episodes: int
+    env_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """Env seed of episode ``index`` of a cell with ``seed``: a SeedSequence hash of the pair,
+    so that seeds 0 and 1 do not share episodes the way ``seed + index`` would."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def auto_targets(return_stats: Mapping[str, Any]) -> list[float]:
+    """Targets from typical to beyond the dataset's best episode: the 0.1/0.5/0.9 quantiles of
+    its episode returns, its max, and ``max + 0.1 * (max - min)``.
+
+    "Beyond" is a step up in units of the return range rather than ``1.1 * max``, which would
+    lie *below* the max when returns are negative (Pendulum)."""
+    low, high = float(return_stats["min"]), float(return_stats["max"])
+    span = (high - low) or abs(high) or 1.0
+    targets = {high, high + BEYOND_MAX * span}
+    quantiles = {float(q): float(v) for q, v in return_stats.get("quantiles", {}).items()}  # keys "0.1" or 0.1
+    if quantiles:
+        targets.update(quantiles[min(quantiles, key=lambda q: abs(q - wanted))] for wanted in AUTO_QUANTILES)
+    return sorted(targets)
+
+
+def _return_stats(name: str, policy: Policy, dataset_returns: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    stats = dataset_returns if dataset_returns is not None else getattr(policy, "return_stats", None)
+    if stats is not None and not {"min", "max"} <= set(stats):
+        raise DtrayError(f"policy {name!r}: return stats need 'min' and 'max' keys, got {sorted(stats)}")
+    return stats
+
+
+def make_cells(policies: Mapping[str, Policy], targets: Mapping[str, list[float]], envs: list[str],
+               seeds: list[int], episodes: int) -> list[Cell]:
+    """Every (policy, env, target, seed) cell, after checking that each policy fits each env.
+
+    An empty ``envs`` means each policy's own dataset env; an env with the dataset's id gets
+    the dataset's env kwargs."""
+    if episodes < 1:
+        raise DtrayError(f"eval.episodes={episodes}: need at least one episode per cell")
+    if not seeds or min(seeds) < 0:
+        raise DtrayError(f"eval.seeds={seeds}: need one or more non-negative seeds")
+    cells = []
+    for name, policy in policies.items():
+        if not targets[name]:
+            raise DtrayError(f"no target returns for policy {name!r}: give eval.targets as a list or 'auto'")
+        for env_id in envs or [policy.info.env_id]:
+            env_kwargs = policy.info.env_kwargs if env_id == policy.info.env_id else {}
+            check_env(name, policy, env_id, env_kwargs)
+            for target in targets[name]:
+                for seed in seeds:
+                    cells.append(Cell(len(cells), name, env_id, float(target), int(seed), episodes, dict(env_kwargs)))
+    return cells
+
+
+def make_env(env_id: str, env_kwargs: Mapping[str, Any]) -> gym.Env:
+    try:
+        return gym.make(env_id, **env_kwargs)
+    except (gym.error.Error, TypeError) as err:  # unknown id, or kwargs the env does not take
+        raise DtrayError(f"cannot make env {env_id!r}: {err}") from None
+
+
+def _describe_space(space: gym.Space) -> str:
+    if isinstance(space, gym.spaces.Discrete):
+        return f"Discrete({int(space.n)})"
+    return f"{type(space).__name__}{tuple(getattr(space, 'shape', None) or ())}"
+
+
+def check_env(name: str, policy: Policy, env_id: str, env_kwargs: Mapping[str, Any]) -> None:
+    """The env must exist and have the observation and action spaces the policy was trained on."""
+    env = make_env(env_id, env_kwargs)
+    try:
+        for kind in ("observation_space", "action_space"):
+            want, got = _describe_space(getattr(policy.info, kind)), _describe_space(getattr(env, kind))
+            if want != got:
+                raise DtrayError(f"policy {name!r} was trained on {policy.info.env_id} with {kind} {want}, "
+                                 f"but env {env_id!r} has {got}")
+    finally:
+        env.close()
+
+
+# --- the one episode loop ---------------------------------------------------------------
+
+
+@dataclass
+class EpisodeResult:
+    cell: Cell
+    index: int  # episode index within the cell
+    ret: float
+    length: int
+
+
+@dataclass
+class _Live:
+    """One running episode: its env, its context window and its running totals."""
+
+    cell: Cell
+    index: int
+    env: gym.Env
+    context: EpisodeContext
+    limit: int
+    ret: float = 0.0
+    length: int = 0
+    ended: bool = False
+
+    def step(self, action: np.ndarray) -> bool:
+        """One env step with the policy's action; True when the episode has ended."""
+        space = self.env.action_space
+        env_action = int(action) if isinstance(space, gym.spaces.Discrete) else action.astype(space.dtype).reshape(space.shape)
+        obs, reward, terminated, truncated, _ = self.env.step(env_action)
+        self.ret += float(reward)
+        self.length += 1
+        self.context.record(action, float(reward), obs)
+        self.ended = terminated or truncated or self.length >= self.limit
+        return self.ended
+
+
+class BatchRunner:
+    """Steps up to ``num_envs`` episodes at once: per step, one ``act`` call per policy for
+    all of its live episodes. A finished episode's slot takes the next queued one at once,
+    so the batch stays full however long episodes are.
+
+    Envs are plain gymnasium envs reset by hand (no vector-env autoreset), kept for reuse
+    per env id; ``max_steps`` 0 means the env's own time limit, or the policy's
+    ``max_ep_len`` for an env without one."""
+
+    def __init__(self, policies: Mapping[str, Policy], num_envs: int, max_steps: int = 0):
+        if num_envs < 1:
+            raise DtrayError(f"envs_per_actor={num_envs}: need at least one env")
+        self.policies, self.num_envs, self.max_steps = policies, num_envs, max_steps
+        self.queue: deque[tuple[Cell, int]] = deque()
+        self.live: list[_Live] = []
+        self.idle_envs: dict[tuple, list[gym.Env]] = defaultdict(list)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.live)
+
+    def submit(self, cell: Cell) -> None:
+        self.queue.extend((cell, index) for index in range(cell.episodes))
+
+    def run(self, cells: Iterable[Cell]) -> list[EpisodeResult]:
+        """Every episode of ``cells``, in order of completion."""
+        for cell in cells:
+            self.submit(cell)
+        finished = []
+        while self.busy:
+            finished += self.step()
+        return finished
+
+    def step(self) -> list[EpisodeResult]:
+        """Start queued episodes in free slots, take one step in every live one, and
+        return the episodes that ended."""
+        while self.queue and len(self.live) < self.num_envs:
+            self.live.append(self._start(*self.queue.popleft()))
+        by_policy: dict[str, list[_Live]] = defaultdict(list)
+        for episode in self.live:
+            by_policy[episode.cell.policy].append(episode)
+        finished = []
+        for name, group in by_policy.items():
+            windows = [episode.context.window() for episode in group]
+            batch = {key: np.concatenate([w[key] for w in windows]) for key in WINDOW_KEYS}
+            actions = np.asarray(self.policies[name].act(batch))
+            if len(actions) != len(group):
+                raise DtrayError(f"policy {name!r} returned {len(actions)} actions for {len(group)} windows")
+            for episode, action in zip(group, actions):
+                if episode.step(action):
+                    finished.append(EpisodeResult(episode.cell, episode.index, episode.ret, episode.length))
+                    self.idle_envs[_env_key(episode.cell)].append(episode.env)
+        self.live = [episode for episode in self.live if not episode.ended]
+        return finished
+
+    def _start(self, cell: Cell, index: int) -> _Live:
+        key = _env_key(cell)
+        env = self.idle_envs[key].pop() if self.idle_envs[key] else make_env(cell.env_id, cell.env_kwargs)
+        obs, _ = env.reset(seed=episode_seed(cell.seed, index))
+        policy = self.policies[cell.policy]
+        space = env.action_space
+        action_shape, action_dtype = ((), np.int64) if isinstance(space, gym.spaces.Discrete) else (space.shape, np.float32)
+        limit = self.max_steps or (env.spec.max_episode_steps if env.spec else None) or policy.spec.max_ep_len
+        return _Live(cell, index, env, EpisodeContext(policy.spec, cell.target, obs, action_shape, action_dtype), limit)
+
+    def close(self) -> None:
+        """Close every env and drop all queued and live episodes."""
+        for envs in self.idle_envs.values():
+            for env in envs:
+                env.close()
+        for episode in self.live:
+            episode.env.close()
+        self.idle_envs.clear()
+        self.live.clear()
+        self.queue.clear()
+
+
+def _env_key(cell: Cell) -> tuple[str, str]:
+    return cell.env_id, repr(sorted(cell.env_kwargs.items()))
+
+
+def _score(info, env_id: str, ret):
+    """Normalised score: the dataset's reference returns only mean something on its own env."""
+    return info.normalized_score(ret) if env_id == info.env_id else np.nan * np.asarray(ret, dtype=float)
+
+
+# --- in-process evaluation (training workers) ------------------------------------------
+
+
+def evaluate_in_process(policy: Policy, targets: list[float], episodes: int, seed: int,
+                        env_id: str | None = None, max_steps: int = 0, num_envs: int = 16) -> dict[str, float]:
+    """Mean return and normalised score over ``targets`` x ``episodes`` (one seed), stepped
+    in this process: periodic evaluation on a training worker, without actors."""
+    cells = make_cells({"policy": policy}, {"policy": list(targets)}, [env_id] if env_id else [], [seed], episodes)
+    runner = BatchRunner({"policy": policy}, num_envs, max_steps)
+    try:
+        results = runner.run(cells)
+    finally:
+        runner.close()
+    returns = np.array([result.ret for result in results])
+    return {"return": float(returns.mean()), "score": float(np.mean(_score(policy.info, cells[0].env_id, returns))),
+            "episodes": len(returns)}
+
+
+# --- the actor pool ---------------------------------------------------------------------
+
+
+class PolicyCache(dict):
+    """Policies built from their factories on first use, once per process."""
+
+    def __init__(self, factories: Mapping[str, Callable[[], Policy]]):
+        super().__init__()
+        self.factories = factories
+
+    def __missing__(self, name: str) -> Policy:
+        policy = self[name] = self.factories[name]()
+        return policy
+
+
+@ray.remote
+class EvalActor:
+    """One :class:`BatchRunner` per actor. Its method is async so that the driver can hand it
+    the next cells while it steps: they join the running batch as soon as envs free up."""
+
+    def __init__(self, factories: Mapping[str, Callable[[], Policy]], num_envs: int, max_steps: int):
+        self.runner = BatchRunner(PolicyCache(factories), num_envs, max_steps)
+        self.waiting: dict[int, tuple[asyncio.Future, list]] = {}
+        self.stepping: asyncio.Task | None = None
+
+    async def run_cell(self, cell: Cell) -> list[tuple[int, float, int]]:
+        """(episode index, return, length) of every episode of ``cell``, by index."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[cell.id] = (future, [])
+        self.runner.submit(cell)
+        if self.stepping is None or self.stepping.done():
+            self.stepping = asyncio.create_task(self._step_until_idle())
+        return await future
+
+    async def _step_until_idle(self) -> None:
+        try:
+            while self.runner.busy:
+                for result in self.runner.step():
+                    future, episodes = self.waiting[result.cell.id]
+                    episodes.append((result.index, result.ret, result.length))
+                    if len(episodes) == result.cell.episodes:
+                        del self.waiting[result.cell.id]
+                        future.set_result(sorted(episodes))
+                await asyncio.sleep(0)  # let cells handed over meanwhile join between steps
+        except Exception as err:  # the batch is lost: fail every cell in it
+            self.runner.close()
+            for future, _ in self.waiting.values():
+                future.set_exception(err)
+            self.waiting.clear()
+
+
+def run_on_pool(cells: list[Cell], factories: Mapping[str, Callable[[], Policy]], config: EvalConfig,
+                progress: Progress) -> dict[int, list[tuple[int, float, int]]]:
+    """The episodes of every cell, each cell exactly once, on ``config.num_actors`` actors.
+
+    Each actor holds enough cells to keep all its envs busy (the next one included); a cell
+    is handed out again only if the actor holding it died, in which case a fresh actor takes
+    the dead one's place. Too many deaths (a policy that crashes its process) end the run."""
+    if config.num_actors < 1:
+        raise DtrayError(f"eval.num_actors={config.num_actors}: need at least one actor")
+    new_actor = functools.partial(
+        EvalActor.options(num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor).remote,
+        dict(factories), config.envs_per_actor, config.max_steps)
+    actors = [new_actor() for _ in range(min(config.num_actors, len(cells)))]
+    cells_per_actor = math.ceil(config.envs_per_actor / config.episodes) + 1
+    todo, results, in_flight, deaths, episodes = deque(cells), {}, {}, 0, 0
+
+    def held(actor) -> int:
+        return sum(holder is actor for holder, _ in in_flight.values())
+
+    try:
+        while len(results) < len(cells):
+            while todo and (room := [a for a in actors if held(a) < cells_per_actor]):
+                for actor in room[:len(todo)]:  # one cell each in turn: small grids end balanced
+                    cell = todo.popleft()
+                    in_flight[actor.run_cell.remote(cell)] = (actor, cell)
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, cell = in_flight.pop(ref)
+            try:
+                results[cell.id] = ray.get(ref)
+            except RayActorError as err:
+                if err.actor_init_failed:  # a new one would fail alike, e.g. on factories it cannot unpickle
+                    raise DtrayError(f"an evaluation actor could not start ({str(err).splitlines()[-1]}); "
+                                     "policy factories must be importable on Ray's workers") from None
+                todo.appendleft(cell)
+                slot = next((i for i, a in enumerate(actors) if a is actor), None)
+                if slot is not None:  # its first lost cell: replace it
+                    deaths += 1
+                    if deaths > MAX_DEATHS_PER_ACTOR * len(actors):
+                        raise DtrayError(f"evaluation actors died {deaths} times; last: {err}") from None
+                    actors[slot] = new_actor()
+                continue
+            episodes += cell.episodes
+            progress.update(len(results), episodes)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        progress.close()
+    return results
+
+
+class Progress:
+    """A status line on stderr: cells done / total and episodes per second."""
+
+    def __init__(self, total_cells: int, enabled: bool = True):
+        self.total, self.enabled = total_cells, enabled
+        self.start = self.last = time.perf_counter()
+        self.live = enabled and sys.stderr.isatty()  # rewrite one line; logs get a line every few seconds
+
+    def update(self, cells: int, episodes: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not self.live and now - self.last < 5.0 and cells < self.total):
+            return
+        self.last = now
+        line = f"eval: {cells}/{self.total} cells, {episodes} episodes, {episodes / (now - self.start):.1f} episodes/s"
+        if self.live:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.live:
+            print(file=sys.stderr, flush=True)
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    episodes: pd.DataFrame  # one row per episode, EPISODE_COLUMNS
+    summary: pd.DataFrame  # one row per (policy, env, target)
+    seconds: float
+
+
+def episode_table(cells: list[Cell], results: Mapping[int, list[tuple[int, float, int]]],
+                  infos: Mapping[str, Any]) -> pd.DataFrame:
+    rows = [
+        (cell.policy, cell.env_id, cell.target, cell.seed, index, episode_seed(cell.seed, index), ret,
+         float(_score(infos[cell.policy], cell.env_id, ret)), length)
+        for cell in cells for index, ret, length in results[cell.id]
+    ]
+    return pd.DataFrame(rows, columns=list(EPISODE_COLUMNS))
+
+
+def summarise(episodes: pd.DataFrame) -> pd.DataFrame:
+    """Per (policy, env, target): achieved return mean and (sample) std over all seeds and
+    episodes, mean normalised score, and the calibration error |mean achieved - target|."""
+    summary = episodes.groupby(["policy", "env", "target"], sort=True).agg(
+        episodes=("return", "size"), return_mean=("return", "mean"), return_std=("return", "std"),
+        score_mean=("score", "mean"), length_mean=("length", "mean")).reset_index()
+    summary["calibration_error"] = (summary["return_mean"] - summary["target"]).abs()
+    return summary
+
+
+def plot_calibration(summary: pd.DataFrame, return_ranges: Mapping[str, tuple[str, float, float]], path) -> None:
+    """Achieved vs target return per env, one line per policy, with y = x and the dataset
+    return range(s) of the policies trained on that env shaded along the target axis."""
+    from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global backend state
+
+    envs = sorted(summary["env"].unique())
+    fig = Figure(figsize=(5.5 * len(envs), 4.5), layout="constrained")
+    for ax, env in zip(fig.subplots(1, len(envs), squeeze=False)[0], envs):
+        rows = summary[summary["env"] == env]
+        shaded: dict[tuple[float, float], list[str]] = defaultdict(list)  # one band per distinct range
+        for name, group in rows.groupby("policy"):
+            ax.errorbar(group["target"], group["return_mean"], yerr=group["return_std"].fillna(0.0),
+                        marker="o", capsize=3, label=name)
+            if name in return_ranges and return_ranges[name][0] == env:
+                shaded[return_ranges[name][1:]].append(name)
+        for (low, high), names in shaded.items():
+            label = "dataset returns" + ("" if len(shaded) == 1 else f" ({', '.join(names)})")
+            ax.axvspan(low, high, color="0.5", alpha=0.15, label=label)
+        values = pd.concat([rows["target"], rows["return_mean"]])
+        ax.plot([values.min(), values.max()], [values.min(), values.max()], "k--", lw=1, label="achieved = target")
+        ax.set(title=env, xlabel="target return", ylabel="achieved return (mean ± std)")
+        ax.legend(fontsize="small")
+    fig.savefig(path, format="png", dpi=100)
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a hidden temp file next to ``path``, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_results(out_dir, episodes: pd.DataFrame, summary: pd.DataFrame,
+                  return_ranges: Mapping[str, tuple[str, float, float]]) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "episodes.parquet", lambda p: episodes.to_parquet(p, index=False))
+    _write_atomic(out_dir / "episodes.csv", lambda p: episodes.to_csv(p, index=False))
+    _write_atomic(out_dir / "summary.csv", lambda p: summary.to_csv(p, index=False))
+    _write_atomic(out_dir / "calibration.png", lambda p: plot_calibration(summary, return_ranges, p))
+    return out_dir
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    return summary.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+
+
+# --- entry points -----------------------------------------------------------------------
+
+
+def _targets(targets, name: str, stats: Mapping[str, Any] | None) -> list[float]:
+    if isinstance(targets, str):
+        if targets != "auto":
+            raise DtrayError(f"eval.targets={targets!r}: expected a list of returns or 'auto'")
+        if stats is None:
+            raise DtrayError(f"eval.targets='auto' needs the dataset's return range, but policy {name!r} has no "
+                             "return_stats: give the target returns as a list")
+        return auto_targets(stats)
+    return [float(target) for target in targets]
+
+
+def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: EvalConfig, out_dir,
+                  dataset_returns: Mapping[str, Any] | None = None, progress: bool = True) -> EvalResult:
+    """Run the grid of ``config`` for every policy on a pool of Ray actors, write the results
+    to ``out_dir`` and print the summary.
+
+    ``policy_factories`` maps a name to a picklable zero-argument callable returning a
+    Policy (e.g. ``functools.partial(load_policy, path)``); each actor builds each policy
+    once. The driver builds them too, to check spaces and read ``return_stats`` (the
+    dataset's return ``min``, ``max`` and ``quantiles``, for ``targets='auto'`` and the
+    plot); ``dataset_returns`` overrides those stats for every policy."""
+    if not policy_factories:
+        raise DtrayError("no policies to evaluate")
+    policies = {name: factory() for name, factory in policy_factories.items()}
+    stats = {name: _return_stats(name, policy, dataset_returns) for name, policy in policies.items()}
+    targets = {name: _targets(config.targets, name, stats[name]) for name in policies}
+    cells = make_cells(policies, targets, list(config.envs), list(config.seeds), config.episodes)
+    infos = {name: policy.info for name, policy in policies.items()}
+    del policies  # actors build their own
+
+    start = time.perf_counter()
+    results = run_on_pool(cells, policy_factories, config, Progress(len(cells), progress))
+    seconds = time.perf_counter() - start
+    episodes = episode_table(cells, results, infos)
+    summary = summarise(episodes)
+    ranges = {name: (infos[name].env_id, float(s["min"]), float(s["max"])) for name, s in stats.items() if s}
+    out_dir = write_results(out_dir, episodes, summary, ranges)
+    print(format_summary(summary))
+    print(f"{len(episodes)} episodes in {seconds:.1f} s ({len(episodes) / seconds:.1f} episodes/s); "
+          f"results in {out_dir} (episodes.parquet, episodes.csv, summary.csv, calibration.png)")
+    return EvalResult(out_dir, episodes, summary, seconds)
+
+
+def load_checkpoint_policy(path: str) -> Policy:
+    """A checkpoint's policy on the best device this process has: GPU actors get CUDA, the
+    driver (which only checks spaces) whatever it has."""
+    import torch
+
+    from dtray.policy import load_policy
+
+    return load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def checkpoint_names(paths: list[str]) -> list[str]:
+    """The shortest trailing path parts that tell the checkpoints apart."""
+    parts = [Path(os.path.abspath(path)).parts for path in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    raise DtrayError(f"a checkpoint is given twice: {paths}")
+
+
+def evaluate_checkpoints(checkpoints: list[str], config: EvalConfig, progress: bool = True) -> EvalResult:
+    """The CLI's entry: one policy per checkpoint directory; results in ``config.out``
+    (default ``<first checkpoint>/eval``)."""
+    if not checkpoints:
+        raise DtrayError("no checkpoints to evaluate")
+    factories = {name: functools.partial(load_checkpoint_policy, str(path))
+                 for name, path in zip(checkpoint_names(checkpoints), checkpoints)}
+    return evaluate_grid(factories, config, config.out or os.path.join(checkpoints[0], "eval"), progress=progress)

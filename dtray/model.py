@@ -1,0 +1,281 @@
+"""The Decision Transformer: a causal Transformer over (R̂_t, s_t, a_t) tokens.
+
+One module, read top to bottom: the Transformer block (pre-LN, SDPA, GELU MLP), the
+image encoder, the policy heads' maths, then :class:`DecisionTransformer` itself.
+
+Batches follow :func:`dtray.data.build_windows`: ``states`` (B,K,*obs) float32 (uint8 for
+images), ``actions`` (B,K,act_dim) float32 or (B,K) int64, ``returns_to_go`` (B,K),
+``timesteps`` (B,K) int64 and ``mask`` (B,K) with 0 on left padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dtray.config import ModelConfig
+
+TOKENS_PER_STEP = 3  # R̂_t, s_t, a_t
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # Online DT's range for the Gaussian head
+ATANH_EPS = 1e-6  # dataset actions are clipped into (-1, 1) before atanh
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.embed_dim % config.n_head:
+            raise ValueError(f"embed_dim={config.embed_dim} is not divisible by n_head={config.n_head}")
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)
+        self.proj = nn.Linear(config.embed_dim, config.embed_dim)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Outputs for the query tokens ``x[:, rows]``, attending to all of ``x``."""
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(
+            q[:, :, rows], k, v, attn_mask=allowed[:, :, rows], dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).flatten(2)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.embed_dim, 4 * config.embed_dim)
+        self.proj = nn.Linear(4 * config.embed_dim, config.embed_dim)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN Transformer block, as in GPT-2 / nanoGPT."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.embed_dim)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.embed_dim)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Outputs for the tokens ``x[:, rows]`` only: the last block computes the attention
+        output and MLP just for the s_t tokens that the head reads, a third of the work."""
+        x = x[:, rows] + self.attn(self.ln_1(x), allowed, rows)
+        return x + self.mlp(self.ln_2(x))
+
+
+class ImageEncoder(nn.Module):
+    """Nature-DQN conv stack for uint8 frames (C, H, W). Frames under 36 px, too small for
+    its 8x8/4 first layer, get padded 3x3 convs instead, so any frame size works."""
+
+    NATURE = ((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0))  # (channels, kernel, stride, padding)
+    SMALL = ((32, 3, 2, 1), (64, 3, 2, 1), (64, 3, 1, 1))
+
+    def __init__(self, obs_shape: tuple[int, int, int], embed_dim: int):
+        super().__init__()
+        channels, height, width = obs_shape
+        layers = []
+        for out_channels, kernel, stride, padding in self.NATURE if min(height, width) >= 36 else self.SMALL:
+            layers += [nn.Conv2d(channels, out_channels, kernel, stride, padding), nn.ReLU()]
+            channels = out_channels
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, *obs_shape)).shape[1]
+        self.proj = nn.Linear(flat, embed_dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., C, H, W) uint8 -> (..., embed_dim)."""
+        lead = frames.shape[:-3]
+        x = self.convs(frames.reshape(-1, *frames.shape[-3:]).float() / 255.0)
+        return self.proj(x).reshape(*lead, -1)
+
+
+# --- the tanh-Gaussian policy -----------------------------------------------------------
+
+
+class Gaussian(NamedTuple):
+    """The stochastic head's output: a diagonal Gaussian over pre-tanh actions."""
+
+    mean: torch.Tensor
+    log_std: torch.Tensor
+
+
+def tanh_gaussian_log_prob(u: torch.Tensor, dist: Gaussian) -> torch.Tensor:
+    """log p(tanh(u)) for u ~ N(mean, std), summed over action dims: the density of an action
+    in [-1, 1] units. The log-det of tanh,
+    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), is written to be stable for large |u|."""
+    normal = -0.5 * ((u - dist.mean) * torch.exp(-dist.log_std)) ** 2 - dist.log_std - 0.5 * math.log(2 * math.pi)
+    log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    return (normal - log_det).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# --- the model --------------------------------------------------------------------------
+
+
+class DecisionTransformer(nn.Module):
+    """Predicts a_t from the hidden state of the s_t token, given (R̂, s, a) up to s_t.
+
+    Continuous actions live in [-1, 1] inside the model: inputs are normalised with the
+    action bounds, and tanh outputs are mapped back to [low, high] by :meth:`to_env`.
+    """
+
+    def __init__(self, config: ModelConfig, obs_shape: tuple[int, ...], act_dim: int, discrete: bool,
+                 context_len: int, max_ep_len: int, action_low=None, action_high=None):
+        super().__init__()
+        if discrete != (config.policy == "discrete"):
+            raise ValueError(f"policy={config.policy!r} does not fit {'discrete' if discrete else 'continuous'} actions")
+        if config.n_layer < 1:
+            raise ValueError(f"n_layer={config.n_layer}: need at least one block")
+        if len(obs_shape) not in (1, 3):
+            raise ValueError(f"obs_shape {obs_shape}: expected a vector (D,) or an image (C, H, W)")
+        self.config, self.discrete, self.context_len = config, discrete, context_len
+        d = config.embed_dim
+
+        self.embed_return = nn.Linear(1, d)
+        self.embed_state = nn.Linear(obs_shape[0], d) if len(obs_shape) == 1 else ImageEncoder(obs_shape, d)
+        self.embed_action = nn.Embedding(act_dim, d) if discrete else nn.Linear(act_dim, d)
+        self.embed_timestep = nn.Embedding(max_ep_len, d)
+        self.embed_ln = nn.LayerNorm(d)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 2 * act_dim if config.policy == "stochastic" else act_dim, bias=not discrete)
+
+        T = TOKENS_PER_STEP * context_len
+        self.register_buffer("causal", torch.ones(T, T, dtype=torch.bool).tril(), persistent=False)
+        if not discrete:
+            low, high = _bounds(act_dim, action_low, action_high)
+            self.register_buffer("action_center", (high + low) / 2, persistent=False)
+            self.register_buffer("action_scale", (high - low) / 2, persistent=False)
+
+        self.apply(self._init_weights)
+        for block in self.blocks:  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            for layer in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(layer.weight, std=config.init_std / math.sqrt(2 * config.n_layer))
+        if discrete:  # a logit is the similarity of the hidden state to that action's embedding
+            self.head.weight = self.embed_action.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """normal(0, init_std) for Linear/Embedding; convs keep PyTorch's fan-in init (ReLU)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # --- forward ------------------------------------------------------------------------
+
+    def forward(self, states, actions, returns_to_go, timesteps, mask) -> torch.Tensor | Gaussian:
+        """The head's raw output at every step (junk at padded ones), read from the s_t tokens:
+        pre-tanh means (B,K,act_dim) for "deterministic", a pre-tanh :class:`Gaussian` for
+        "stochastic", logits (B,K,n) for "discrete"."""
+        B, K = mask.shape
+        if self.discrete:
+            action_tokens = self.embed_action(actions)
+        else:
+            action_tokens = self.embed_action(self.normalize_action(actions))
+        tokens = torch.stack(
+            (self.embed_return(returns_to_go.unsqueeze(-1)), self.embed_state(states), action_tokens), dim=2)
+        tokens = tokens + self.embed_timestep(timesteps).unsqueeze(2)  # (B, K, 3, d)
+        x = self.drop(self.embed_ln(tokens.reshape(B, TOKENS_PER_STEP * K, -1)))
+        allowed = self._allowed(mask)
+        for block in self.blocks[:-1]:
+            x = block(x, allowed)
+        state_tokens = slice(1, None, TOKENS_PER_STEP)
+        out = self.head(self.ln_f(self.blocks[-1](x, allowed, state_tokens)))
+        if self.config.policy != "stochastic":
+            return out
+        mean, raw_log_std = out.chunk(2, dim=-1)  # log_std: a soft clamp as in Online DT, never a dead gradient
+        return Gaussian(mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_log_std) + 1.0))
+
+    def _allowed(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, T) bool, True = may attend: causal and never to a padded key. Every token
+        may attend to itself, so that padded rows stay finite (their outputs are unused)."""
+        T = TOKENS_PER_STEP * mask.shape[1]
+        real = mask.bool().repeat_interleave(TOKENS_PER_STEP, dim=1)
+        self_only = torch.eye(T, dtype=torch.bool, device=mask.device)
+        return self.causal[:T, :T] & (real[:, None, None, :] | self_only)
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return (action - self.action_center) / self.action_scale
+
+    def to_env(self, squashed: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> [low, high]."""
+        return self.action_center + self.action_scale * squashed
+
+    # --- training -----------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, torch.Tensor], entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Masked loss over real steps, computed in fp32 (also under autocast), and metrics:
+        ``action_error`` (MSE in env units, or the error rate for discrete actions), plus
+        ``nll`` and ``entropy`` for the stochastic policy."""
+        out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
+        mask, target = batch["mask"].float(), batch["actions"]
+        if self.config.policy == "discrete":
+            logits = out.float()
+            nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(mask)
+            wrong = (logits.argmax(-1) != target).float()
+            return masked_mean(nll, mask), {"action_error": masked_mean(wrong, mask).detach()}
+
+        mean = (out.mean if self.config.policy == "stochastic" else out).float()
+        action_error = masked_mean((self.to_env(torch.tanh(mean)) - target).square().mean(-1), mask).detach()
+        if self.config.policy == "deterministic":  # the original DT's MSE, in [-1, 1] units
+            mse = (torch.tanh(mean) - self.normalize_action(target)).square().mean(-1)
+            return masked_mean(mse, mask), {"action_error": action_error}
+
+        dist = Gaussian(mean, out.log_std.float())
+        u_target = torch.atanh(self.normalize_action(target).clamp(-1 + ATANH_EPS, 1 - ATANH_EPS))
+        nll = masked_mean(-tanh_gaussian_log_prob(u_target, dist), mask)
+        u_sample = dist.mean + dist.log_std.exp() * torch.randn_like(dist.mean)  # reparameterised
+        entropy = masked_mean(-tanh_gaussian_log_prob(u_sample, dist), mask)  # one-sample estimate
+        metrics = {"action_error": action_error, "nll": nll.detach(), "entropy": entropy.detach()}
+        return nll - entropy_coef * entropy, metrics
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
+        """The action of each window's last step: (B, act_dim) float32 in env units, or (B,)
+        int64. ``deterministic=False`` samples from the stochastic and discrete policies."""
+        out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
+        if self.config.policy == "discrete":
+            logits = out[:, -1].float()
+            if deterministic:
+                return logits.argmax(-1)
+            return torch.distributions.Categorical(logits=logits).sample()
+        if self.config.policy == "deterministic":
+            return self.to_env(torch.tanh(out[:, -1].float()))
+        mean, log_std = out.mean[:, -1].float(), out.log_std[:, -1].float()
+        u = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+        return self.to_env(torch.tanh(u))
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay Linear/Conv weights only; biases, LayerNorms and embeddings
+        (including the tied discrete head) are not decayed. Each parameter appears once."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        decayed = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv2d))} - embeddings
+        params = list(self.parameters())  # shared (tied) parameters are listed once
+        return [
+            {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+        ]
+
+
+def _bounds(act_dim: int, low, high) -> tuple[torch.Tensor, torch.Tensor]:
+    """Action bounds as float32 vectors; [-1, 1] when not given. Finite bounds are required:
+    the tanh head can only produce actions inside a box."""
+    low, high = (np.broadcast_to(np.asarray(default if bound is None else bound, dtype=np.float64).reshape(-1), (act_dim,))
+                 for bound, default in ((low, -1.0), (high, 1.0)))
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+        raise ValueError(f"action bounds must be finite with low < high, got low={low}, high={high}")
+    return torch.tensor(low, dtype=torch.float32), torch.tensor(high, dtype=torch.float32)

@@ -1,0 +1,208 @@
+"""The Decision Transformer: it learns every policy type, it is causal, it ignores padding,
+its optimiser groups are right, and it runs under bf16 autocast."""
+
+import pytest
+import torch
+
+from dtray.config import ModelConfig
+from dtray.model import DecisionTransformer, Gaussian
+
+K, MAX_EP_LEN = 4, 50
+LOW, HIGH = [-2.0, -1.0, 0.0], [2.0, 1.0, 5.0]  # deliberately not [-1, 1]
+CASES = {  # name: (policy, obs_shape, n_actions or act_dim)
+    "deterministic": ("deterministic", (5,), 3),
+    "stochastic": ("stochastic", (5,), 3),
+    "discrete": ("discrete", (5,), 4),
+    "image": ("discrete", (2, 10, 10), 4),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP threads waiting
+    for each other make these tests ~40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(case: str, dropout: float = 0.0, embed_dim: int = 32, n_layer: int = 2) -> DecisionTransformer:
+    policy, obs_shape, act_dim = CASES[case]
+    discrete = policy == "discrete"
+    bounds = {} if discrete else {"action_low": LOW, "action_high": HIGH}
+    config = ModelConfig(embed_dim=embed_dim, n_layer=n_layer, n_head=2, dropout=dropout, policy=policy)
+    return DecisionTransformer(config, obs_shape, act_dim, discrete, context_len=K, max_ep_len=MAX_EP_LEN, **bounds)
+
+
+def make_batch(case: str, n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """n windows; row i is left-padded by i % K steps, padded steps zeroed as in build_windows."""
+    policy, obs_shape, act_dim = CASES[case]
+    gen = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(K) >= (torch.arange(n) % K)[:, None]).float()
+    if len(obs_shape) == 3:
+        states = torch.randint(0, 256, (n, K, *obs_shape), generator=gen, dtype=torch.uint8)
+    else:
+        states = torch.randn(n, K, *obs_shape, generator=gen)
+    if policy == "discrete":
+        actions = torch.randint(0, act_dim, (n, K), generator=gen)
+    else:
+        low, high = torch.tensor(LOW), torch.tensor(HIGH)
+        actions = low + (high - low) * (0.1 + 0.8 * torch.rand(n, K, act_dim, generator=gen))
+    start = torch.randint(0, MAX_EP_LEN - K, (n, 1), generator=gen)
+    batch = {"states": states, "actions": actions, "returns_to_go": torch.randn(n, K, generator=gen),
+             "timesteps": start + torch.arange(K), "mask": mask}
+    return {key: value * _expand(mask, value).to(value.dtype) for key, value in batch.items() if key != "mask"} | {"mask": mask}
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(*mask.shape, *[1] * (like.dim() - 2))
+
+
+def outputs(model: DecisionTransformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The forward output as one (B, K, n) tensor, whatever the policy."""
+    out = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
+    return torch.cat(tuple(out), dim=-1) if isinstance(out, Gaussian) else out
+
+
+def fit(model: DecisionTransformer, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3) -> list[dict]:
+    optimizer = torch.optim.AdamW(model.optimizer_groups(0.0), lr=lr)
+    history = []
+    for _ in range(steps):
+        loss, metrics = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}})
+    return history
+
+
+@pytest.mark.parametrize("case", ["deterministic", "discrete", "image"])
+def test_overfits_fixed_windows(case):
+    """A small model drives the loss on 8 fixed windows to ~0: MSE for continuous actions
+    (predictions in env units hit the targets), 100% accuracy for discrete ones."""
+    torch.manual_seed(0)
+    model, batch = make_model(case), make_batch(case)
+    history = fit(model, batch, steps=150)
+    assert history[-1]["loss"] < 0.02 * history[0]["loss"]
+    assert history[-1]["action_error"] < (1e-3 if case == "deterministic" else 1e-9)
+    model.eval()
+    predicted = model.predict(batch)
+    if case == "deterministic":
+        torch.testing.assert_close(predicted, batch["actions"][:, -1], atol=0.05, rtol=0)
+    else:
+        assert predicted.dtype == torch.int64 and torch.equal(predicted, batch["actions"][:, -1])
+
+
+def test_stochastic_policy_learns_the_actions():
+    """Tanh-Gaussian NLL falls a lot, its mean approaches the targets, and samples stay
+    within the action bounds and spread around the mean."""
+    torch.manual_seed(0)
+    model, batch = make_model("stochastic"), make_batch("stochastic")
+    history = fit(model, batch, steps=300)
+    assert history[-1]["nll"] < history[0]["nll"] - 10.0  # nats per step, over 3 action dims
+    model.eval()
+    target = batch["actions"][:, -1]
+    torch.testing.assert_close(model.predict(batch), target, atol=0.05, rtol=0)
+    samples = torch.stack([model.predict(batch, deterministic=False) for _ in range(20)])
+    assert torch.all(samples >= torch.tensor(LOW)) and torch.all(samples <= torch.tensor(HIGH))
+    assert samples.std(0).max() > 0
+    assert (samples.mean(0) - target).abs().max() < 0.2
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_future_tokens_never_change_earlier_predictions(case):
+    """Changing R̂_j, s_j or a_j leaves the predictions of steps < j unchanged, and a_j
+    (which comes after s_j) leaves step j's own prediction unchanged too."""
+    torch.manual_seed(0)
+    model = make_model(case).eval()
+    batch = make_batch(case, n=4)
+    batch["mask"] = torch.ones_like(batch["mask"])
+    before = outputs(model, batch)
+    other = make_batch(case, n=4, seed=1)
+    for j in range(1, K):
+        for key in ("returns_to_go", "states", "actions"):
+            changed = {k: v.clone() for k, v in batch.items()}
+            changed[key][:, j] = other[key][:, j]
+            after = outputs(model, changed)
+            last_same = j + 1 if key == "actions" else j
+            torch.testing.assert_close(after[:, :last_same], before[:, :last_same], atol=1e-6, rtol=0)
+            if key == "states":  # the test can fail: step j does see s_j
+                assert not torch.allclose(after[:, j], before[:, j])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_padded_content_never_changes_real_outputs(case):
+    """Garbage in left-padded steps (mask 0) changes no real step's output nor the loss."""
+    torch.manual_seed(0)
+    model = make_model(case).eval()
+    batch = make_batch(case)
+    padded = batch["mask"] == 0
+    changed = dict(batch)
+    for key in ("states", "actions", "returns_to_go", "timesteps"):
+        changed[key] = torch.where(_expand(padded, batch[key]), garbage(case, key, batch[key]), batch[key])
+    real = batch["mask"].bool()
+    torch.testing.assert_close(outputs(model, changed)[real], outputs(model, batch)[real], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.loss(changed)[0], model.loss(batch)[0], atol=1e-6, rtol=0)
+
+
+def garbage(case: str, key: str, like: torch.Tensor) -> torch.Tensor:
+    """Valid but wild values for a batch field (large states and returns, any timestep)."""
+    gen = torch.Generator().manual_seed(2)
+    if like.dtype == torch.uint8:
+        return torch.randint(0, 256, like.shape, generator=gen, dtype=torch.uint8)
+    if key == "timesteps":
+        return torch.randint(0, MAX_EP_LEN, like.shape, generator=gen)
+    if key == "actions" and like.dtype == torch.int64:
+        return torch.randint(0, CASES[case][2], like.shape, generator=gen)
+    return 100 * torch.randn(like.shape, generator=gen)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_optimizer_groups_cover_every_parameter_once(case):
+    """Linear/Conv weights decay; biases, LayerNorms and embeddings (also the tied discrete
+    head) do not; every parameter is in exactly one group, and a forward+loss uses them all
+    (DDP needs no find_unused_parameters)."""
+    model = make_model(case)
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    ids = [id(p) for group in (decay, no_decay) for p in group["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert all(name.endswith(".weight") and "ln" not in name and "embed_timestep" not in name for name in decayed)
+    assert {"embed_timestep.weight", "embed_ln.weight", "embed_ln.bias", "ln_f.weight"} <= {
+        names[id(p)] for p in no_decay["params"]}
+    assert ("embed_action.weight" in decayed) == (CASES[case][0] != "discrete")
+    model.loss(make_batch(case))[0].backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bf16_autocast_is_close_to_fp32(case):
+    """Under CPU bf16 autocast the forward runs, stays close to fp32, and the loss is fp32."""
+    torch.manual_seed(0)
+    model = make_model(case).eval()
+    batch = make_batch(case)
+    reference, (loss32, _) = outputs(model, batch), model.loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, (loss16, metrics) = outputs(model, batch), model.loss(batch)
+    assert low.dtype == torch.bfloat16 and loss16.dtype == torch.float32
+    torch.testing.assert_close(low.float(), reference, atol=0.03, rtol=0.03)
+    torch.testing.assert_close(loss16, loss32, atol=0.02, rtol=0.02)
+    assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_bad_arguments_are_value_errors():
+    config = ModelConfig(embed_dim=16, n_head=2)
+    with pytest.raises(ValueError, match="policy"):
+        DecisionTransformer(config, (3,), 4, discrete=True, context_len=K, max_ep_len=MAX_EP_LEN)
+    with pytest.raises(ValueError, match="policy"):
+        DecisionTransformer(ModelConfig(policy="discrete"), (3,), 2, discrete=False, context_len=K, max_ep_len=10)
+    with pytest.raises(ValueError, match="obs_shape"):
+        DecisionTransformer(config, (3, 3), 2, discrete=False, context_len=K, max_ep_len=10)
+    with pytest.raises(ValueError, match="bounds"):
+        DecisionTransformer(config, (3,), 2, discrete=False, context_len=K, max_ep_len=10,
+                            action_low=[-1, -float("inf")], action_high=[1, float("inf")])
+    with pytest.raises(ValueError, match="divisible"):
+        DecisionTransformer(ModelConfig(embed_dim=10, n_head=3), (3,), 2, discrete=False, context_len=K, max_ep_len=10)
