@@ -4,9 +4,9 @@ The baseline is written like the original Decision Transformer's ``get_batch``: 
 dataset in Python lists of numpy arrays, episodes picked with probability proportional to
 their length, a random start, and a Python loop that pads each window.
 
-Each measurement runs in a fresh subprocess; peak memory is the peak of the summed RSS of
-that subprocess and all of its descendants (the Ray driver, raylet, workers and object
-store pages mapped into them), sampled every 0.1 s. The 10x dataset lists every file of
+Each measurement runs in a fresh subprocess; peak memory is the peak of the summed PSS of
+that subprocess and all of its descendants (the Ray driver, GCS, raylet, workers and the
+object store pages mapped into them), sampled every 0.1 s. The 10x dataset lists every file of
 the 1x dataset ten times (symlinks), so it holds the same episodes ten times over.
 
     python benchmarks/bench_data.py [--episodes 5000] [--windows 200000]
@@ -30,38 +30,46 @@ BATCH = 64
 K = 20
 
 
-def tree_rss(pid: int) -> int:
-    """Summed RSS (bytes) of a process and all its descendants, from /proc."""
+def tree_pss(pid: int) -> tuple[int, int]:
+    """(summed PSS in bytes, process count) of a process and all its descendants.
+
+    PSS splits shared pages (libraries, the object store's shared memory) among the
+    processes that map them, so the many Ray workers are not counted many times over.
+    """
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [pid]
+    total, count, stack = 0, 0, [pid]
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
         stack.extend(children.get(p, []))
-    return total
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+            count += 1
+        except (OSError, StopIteration):
+            continue
+    return total, count
 
 
 def measure(mode: str, data: str, windows: int) -> dict:
     """Run one mode in a subprocess and sample its process tree's memory."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--data", data, "--windows", str(windows)],
                             stdout=subprocess.PIPE, text=True)
-    peak = 0
+    peak, processes = 0, 0
 
     def sample():
-        nonlocal peak
+        nonlocal peak, processes
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            pss, count = tree_pss(proc.pid)
+            peak, processes = max(peak, pss), max(processes, count)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
@@ -71,7 +79,7 @@ def measure(mode: str, data: str, windows: int) -> dict:
     if proc.returncode:
         raise SystemExit(f"{mode} on {data} failed")
     result = json.loads(out.strip().splitlines()[-1])
-    result["peak_mb"] = peak / 2**20
+    result["peak_mb"], result["processes"] = peak / 2**20, processes
     return result
 
 
@@ -182,10 +190,11 @@ def main() -> None:
     steps = args.episodes * 200
     print(f"\nPendulum, {steps:,} steps (1x) / {10 * steps:,} (10x), K={K}, batch {BATCH}, "
           f"{args.windows:,} windows per row, 2 CPUs\n")
-    print("| sampler | data | windows/s | vs in-memory 1x | peak memory (MB) |")
-    print("|---|---|---:|---:|---:|")
+    print("| sampler | data | windows/s | vs in-memory 1x | peak memory, PSS (MB) | processes |")
+    print("|---|---|---:|---:|---:|---:|")
     for name, size, r in rows:
-        print(f"| {name} | {size} | {r['windows_per_s']:,.0f} | {r['windows_per_s'] / base:.2f}x | {r['peak_mb']:,.0f} |")
+        print(f"| {name} | {size} | {r['windows_per_s']:,.0f} | {r['windows_per_s'] / base:.2f}x "
+              f"| {r['peak_mb']:,.0f} | {r['processes']} |")
 
 
 if __name__ == "__main__":

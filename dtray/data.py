@@ -368,6 +368,18 @@ def _empty_windows(spec: WindowSpec, info: DatasetInfo) -> dict[str, np.ndarray]
     return build_windows(spec, states, actions, np.zeros(0), ends=np.zeros(0, dtype=np.int64))
 
 
+def execution_options(config: DataConfig):
+    """Ray Data limits for the window pipelines: a bounded read-ahead keeps memory flat as
+    the dataset grows, and ``deterministic`` keeps block order for reproducible runs."""
+    from ray.data import ExecutionOptions, ExecutionResources
+
+    limits = ExecutionResources.for_limits(
+        cpu=config.data_cpu_limit or None,
+        object_store_memory=config.data_memory_mb * 2**20 if config.data_memory_mb else None,
+    )
+    return ExecutionOptions(preserve_order=config.deterministic, resource_limits=limits)
+
+
 @dataclass
 class TrainingData:
     """The lazy train/validation window datasets plus everything needed to act later."""
@@ -399,4 +411,5 @@ def build_training_data(config: DataConfig, seed: int) -> TrainingData:
         )
 
     train = windows("train", seed if config.shuffle_files else None)
+    train.context.execution_options = execution_options(config)
     return TrainingData(train=train, val=windows("val", None), info=info, spec=spec, stats=stats)

@@ -19,12 +19,11 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 from dtray import checkpoint
 from dtray.config import Config, TrainConfig, from_dict
-from dtray.data import NormStats, WindowSpec, build_training_data
+from dtray.data import NormStats, WindowSpec, build_training_data, execution_options
 from dtray.errors import DtrayError
 from dtray.format import DatasetInfo
 
@@ -143,7 +142,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Action loss on held-out episodes: a score that needs no environment."""
+        """Action loss on held-out episodes: a score that needs no environment. Every worker
+        holds the whole (small, bounded) validation set, so all ranks agree without a collective."""
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, error*n, n
         for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=256, device=self.device):
@@ -151,8 +151,6 @@ class Trainer:
                 loss, metrics = self.model.loss(batch, entropy_coef=0.0)
             n = batch["mask"].sum().double()
             totals += torch.stack([loss.double() * n, metrics["action_error"].double() * n, n])
-        if self.world_size > 1:
-            torch.distributed.all_reduce(totals)
         if totals[2] == 0:
             return {}
         return {"val_loss": (totals[0] / totals[2]).item(), "val_action_error": (totals[1] / totals[2]).item()}
@@ -255,11 +253,12 @@ def fit(config: Config, *, callbacks: Sequence[Any] = (), run_name: str | None =
                 num_to_keep=rc.num_to_keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
             failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
         ),
-        # validation is bounded by data.val_max_windows: materialise it once, not every check
+        # validation is bounded by data.val_max_windows: materialise it once, not every check,
+        # and give it whole to every worker (no split coordinator, no all-reduce)
         datasets={"train": data.train, "val": data.val.materialize()},
         dataset_config=ray.train.DataConfig(
-            datasets_to_split=["train", "val"],
-            execution_options=ExecutionOptions(preserve_order=config.data.deterministic),
+            datasets_to_split=["train"],
+            execution_options=execution_options(config.data),
         ),
     )
     return trainer.fit()

@@ -41,6 +41,7 @@ import csv
 import dataclasses
 import inspect
 import io
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -333,7 +334,7 @@ def run_search(config_path: str | Path, resume: bool = False, overrides: Sequenc
         raise DtrayError(f"{path} already holds this search: pass --resume to continue it, or name=<new name>")
     _check_resources(search)
     if resume:
-        tuner = tune.Tuner.restore(path, trainable=_trainable(search), resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=_trainable(search), resume_errored=False)
     else:
         tuner = tune.Tuner(
             _trainable(search),
@@ -368,7 +369,7 @@ def ranked_trials(search: Search, grid) -> list[tuple[dict[str, Any], Any]]:
     for result in grid:
         metrics = result.metrics or {}
         row = {"trial": os.path.basename(result.path)}
-        row.update({key: (result.config or {}).get(key) for key in search.space})
+        row.update({key: _trial_params(result, grid.filesystem).get(key) for key in search.space})
         row.update({key: metrics.get(key) for key in TABLE_METRICS})
         row[best_key] = _best_value(result, search.metric, search.mode)
         row["time_total_s"] = metrics.get("time_total_s")
@@ -376,6 +377,18 @@ def ranked_trials(search: Search, grid) -> list[tuple[dict[str, Any], Any]]:
         rows.append((row, result))
     sign = 1 if search.mode == "min" else -1
     return sorted(rows, key=lambda pair: sign * pair[0][best_key] if not math.isnan(pair[0][best_key]) else math.inf)
+
+
+def _trial_params(result, filesystem) -> dict[str, Any]:
+    """A trial's sampled values. Tune forgets them for a trial that errored before a restore,
+    but they stay in the trial's params.json."""
+    if result.config:
+        return result.config
+    try:
+        with filesystem.open_input_stream(f"{result.path}/params.json") as stream:
+            return json.loads(stream.read())
+    except (OSError, ValueError):
+        return {}
 
 
 def _best_checkpoint(result, search: Search, filesystem) -> str | None:

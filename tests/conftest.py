@@ -9,6 +9,9 @@ import tempfile
 import pytest
 
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+# Train's controller takes one report per poll (a worker's next report waits for it): the
+# default 2 s poll would dominate these short runs. Ray's workers inherit this environment.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")

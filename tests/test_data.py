@@ -1,5 +1,7 @@
 """The window convention, sampling schemes and statistics of the Ray Data pipeline."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -202,21 +204,6 @@ def test_pipeline_windows_equal_build_windows_on_each_episode(ray_local, tmp_pat
             np.testing.assert_allclose(rows[key][picked], expected[key], rtol=1e-6)
 
 
-def _record_window_ends(loop_config):
-    """Train loop that only records which (episode, step) windows each worker received."""
-    import json
-    import os
-
-    import ray.train
-
-    rank = ray.train.get_context().get_world_rank()
-    seen = []
-    for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=32):
-        seen += batch["states"][:, -1, :2].int().tolist()
-    with open(os.path.join(loop_config["out"], f"rank{rank}.json"), "w") as f:
-        json.dump(seen, f)
-
-
 def test_two_workers_stream_disjoint_equal_shards_on_two_cpus(ray_local, tmp_path):
     """2 training workers x 0.5 CPU + streaming Ray Data on a 2-CPU Ray: no deadlock, each
     worker gets a disjoint, equally sized share of every training window."""
@@ -225,11 +212,18 @@ def test_two_workers_stream_disjoint_equal_shards_on_two_cpus(ray_local, tmp_pat
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    def record_window_ends(loop_config):  # nested, so that Ray ships it by value to workers
+        rank = ray.train.get_context().get_world_rank()
+        seen = []
+        for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=32):
+            seen += batch["states"][:, -1, :2].int().tolist()
+        (Path(loop_config["out"]) / f"rank{rank}.json").write_text(json.dumps(seen))
+
     episodes = make_dataset(tmp_path / "ds", n_episodes=30, steps_per_file=100)
     config = DataConfig(paths=[str(tmp_path / "ds")], context_len=3, normalize_states=False, val_fraction=0.1)
     data = build_training_data(config, seed=0)
     TorchTrainer(
-        _record_window_ends,
+        record_window_ends,
         train_loop_config={"out": str(tmp_path)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "runs"), name="shards",

@@ -44,18 +44,32 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(60, config) == pytest.approx(0.55)
 
 
-def test_fit_reports_metrics_and_checkpoint_acts_like_the_trained_model(ray_local, dataset, tmp_path):
-    result = fit(tiny_config(dataset, tmp_path, "basic"))
-    metrics = result.metrics
+def exact_config(dataset, storage, name):
+    """A run whose data order is reproducible, so that a resumed run can be compared step by
+    step; it evaluates in the env at steps 10 and 20 as well."""
+    cfg = tiny_config(dataset, storage, name, max_steps=20, checkpoint_every=5, log_every=5, eval_every=10)
+    cfg.data.shuffle_files, cfg.data.deterministic = False, True
+    cfg.eval.episodes, cfg.eval.max_steps = 2, 20
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_local, dataset, tmp_path_factory):
+    """One uninterrupted run, shared by the tests that read its results."""
+    return fit(exact_config(dataset, tmp_path_factory.mktemp("runs"), "full"))
+
+
+def test_fit_reports_metrics_and_checkpoint_acts_like_the_trained_model(full_run):
+    metrics = full_run.metrics
     assert metrics["step"] == 20
-    for key in ("loss", "action_error", "val_loss", "lr", "grad_norm", "samples_per_s", "data_wait_frac"):
+    for key in ("loss", "action_error", "val_loss", "initial_val_loss", "lr", "grad_norm", "samples_per_s",
+                "data_wait_frac"):
         assert np.isfinite(metrics[key]), key
-    with result.checkpoint.as_directory() as directory:
+    with full_run.checkpoint.as_directory() as directory:
         assert sorted(os.listdir(directory)) == ["dtray.json", "model.safetensors", "train_state.pt"]
         policy = load_policy(directory)
-        config, spec, info, stats = checkpoint.read_meta(directory)
         assert json.loads((open(os.path.join(directory, "dtray.json")).read()))["step"] == 20
-    again = load_policy(result.checkpoint.path)
+    again = load_policy(full_run.checkpoint.path)
     windows = {"states": np.random.default_rng(0).normal(size=(3, 4, 3)).astype(np.float32),
                "actions": np.zeros((3, 4, 1), np.float32), "returns_to_go": np.ones((3, 4), np.float32),
                "timesteps": np.tile(np.arange(4), (3, 1)), "mask": np.ones((3, 4), np.float32)}
@@ -63,27 +77,17 @@ def test_fit_reports_metrics_and_checkpoint_acts_like_the_trained_model(ray_loca
     assert policy.act(windows).shape == (3, 1)
 
 
+def test_in_training_evaluation_reports_return_and_score(full_run):
+    """train.eval_every runs a small rollout grid in the real env and reports it."""
+    metrics = full_run.metrics
+    assert np.isfinite(metrics["eval_return"])
+    assert metrics["eval_return"] < 0  # Pendulum rewards are never positive
+    assert "eval_score" in metrics
+
+
 def _losses(result):
     """Loss of every logged step, from the run's checkpoints' metrics."""
-    steps = {}
-    for ckpt, metrics in result.best_checkpoints:
-        steps[metrics["step"]] = metrics["loss"]
-    return steps
-
-
-def test_resume_continues_exactly_like_an_uninterrupted_run(ray_local, dataset, tmp_path):
-    def config(name, max_steps):
-        cfg = tiny_config(dataset, tmp_path, name, max_steps=max_steps, checkpoint_every=5, log_every=5)
-        cfg.data.shuffle_files, cfg.data.deterministic = False, True
-        return cfg
-
-    full = fit(config("full", 20))
-    fit(config("resumed", 10))
-    resumed = fit(config("resumed", 20))  # same storage_path/name: resumes from step 10
-    full_losses, resumed_losses = _losses(full), _losses(resumed)
-    assert set(full_losses) == {5, 10, 15, 20}
-    for step in (15, 20):
-        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-5), step
+    return {metrics["step"]: metrics["loss"] for _, metrics in result.best_checkpoints}
 
 
 def test_two_workers_on_two_cpus_complete_and_report(ray_local, dataset, tmp_path):
@@ -113,39 +117,40 @@ def _train_worker_pids():
     return pids
 
 
-def test_killed_worker_restarts_from_latest_checkpoint(ray_local, dataset, tmp_path):
-    """A training worker process is really killed mid-run; the run restarts the worker
-    group from the latest checkpoint and completes."""
-    cfg = tiny_config(dataset, tmp_path, "killed", max_steps=100, checkpoint_every=20, log_every=20)
+def _registered_checkpoints(run_dir):
+    """Checkpoints the controller has registered (a restart resumes from the latest of these)."""
+    try:
+        return json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def test_killed_worker_resumes_exactly_from_latest_checkpoint(ray_local, dataset, tmp_path, full_run):
+    """A training worker process is really killed mid-run, once a checkpoint is registered;
+    the run restarts the worker group from that checkpoint, completes, and from there on
+    logs the very losses of the uninterrupted run."""
+    cfg = exact_config(dataset, tmp_path, "killed")
     cfg.run.max_failures = 1
-    run_dir = tmp_path / "killed"
     killed = []
 
     def kill_after_first_checkpoint():
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
-            if run_dir.exists() and any(p.name.startswith("step-") for p in run_dir.iterdir()):
+            if _registered_checkpoints(tmp_path / "killed"):
                 for pid in _train_worker_pids():
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
-            time.sleep(0.2)
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     killer.start()
     result = fit(cfg)
     killer.join(timeout=1)
     assert killed, "no training worker was found to kill"
-    assert result.metrics["step"] == 100
-    assert result.metrics["resumed_from_step"] >= 20  # restarted from a checkpoint, not from scratch
-    assert result.error is None
-
-
-def test_in_training_evaluation_reports_return_and_score(ray_local, dataset, tmp_path):
-    """train.eval_every runs a small rollout grid in the real env and reports it."""
-    cfg = tiny_config(dataset, tmp_path, "with-eval", max_steps=10, checkpoint_every=10, eval_every=10)
-    cfg.eval.episodes = 2
-    cfg.eval.max_steps = 20
-    metrics = fit(cfg).metrics
-    assert np.isfinite(metrics["eval_return"])
-    assert metrics["eval_return"] < 0  # Pendulum rewards are never positive
-    assert "eval_score" in metrics
+    assert result.error is None and result.metrics["step"] == 20
+    resumed_from = result.metrics["resumed_from_step"]
+    assert 5 <= resumed_from < 20, "restarted from a checkpoint, not from scratch"
+    full, resumed = _losses(full_run), _losses(result)
+    assert set(full) == {5, 10, 15, 20}
+    for step in range(resumed_from + 5, 21, 5):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5), step

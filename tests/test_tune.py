@@ -111,7 +111,7 @@ ray.init(num_cpus=2, include_dashboard=True, dashboard_port=int(port), _temp_dir
          configure_logging=False)
 codes = [main(["tune", "--config", search]),
          main(["tune", "--config", search]),  # refused: the experiment exists
-         main(["tune", "--config", search, "--resume"])]  # nothing left to run: re-exports
+         main(["tune", "--config", search, "--resume"])]  # errored trials stay errored: re-exports
 print("EXIT CODES", json.dumps(codes))
 """
 
@@ -160,7 +160,7 @@ def trial_spans(experiment):
 
 @pytest.mark.timeout(400)
 def test_search_runs_trials_one_at_a_time_and_exports_the_best(tmp_path, ray_temp_dir):
-    """4 trials on 2 CPUs, one at a time, with fractional CPUs. The lr=0 trial cannot beat
+    """3 trials on 2 CPUs, one at a time, with fractional CPUs. The lr=0 trial cannot beat
     the first one, so ASHA stops it at its first rung, and the next trial still starts; the
     lr<0 trial fails (the optimizer refuses it) without losing the others' results."""
     learnable_dataset(tmp_path / "ds")
@@ -172,11 +172,11 @@ def test_search_runs_trials_one_at_a_time_and_exports_the_best(tmp_path, ray_tem
     search = tmp_path / "search.yaml"
     search.write_text(yaml.safe_dump({
         "base": {"overrides": overrides},
-        "search_space": {"train.lr": {"grid": [3.0e-3, 0.0, 1.0e-3, -1.0]}},
+        "search_space": {"train.lr": {"grid": [3.0e-3, 0.0, -1.0]}},
         "scheduler": {"name": "asha", "grace_period": 10, "reduction_factor": 2},
         "max_concurrent_trials": 1, "resources_per_trial": {"CPU": 0.5},
         "storage_path": str(tmp_path / "tune"), "name": "search"}))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # with conftest's Train settings
     proc = subprocess.run([sys.executable, "-c", DRIVER, ray_temp_dir, str(free_port()), str(search)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380)
     output = proc.stdout + proc.stderr
@@ -185,7 +185,7 @@ def test_search_runs_trials_one_at_a_time_and_exports_the_best(tmp_path, ray_tem
     experiment = tmp_path / "tune" / "search"
     with open(experiment / "trials.csv") as f:
         trials = {float(row["train.lr"]): row for row in csv.DictReader(f)}
-    assert set(trials) == {3e-3, 0.0, 1e-3, -1.0}
+    assert set(trials) == {3e-3, 0.0, -1.0}
     assert [lr for lr, row in trials.items() if row["error"]] == [-1.0], trials
     assert int(trials[0.0]["step"]) == 10, "ASHA should stop the lr=0 trial at its first rung"
     assert int(trials[3e-3]["step"]) == 30
@@ -194,6 +194,6 @@ def test_search_runs_trials_one_at_a_time_and_exports_the_best(tmp_path, ray_tem
     assert best.run.name == "" and best.model.embed_dim == 16
     assert {"dtray.json", "model.safetensors"} <= set(os.listdir(experiment / "best_checkpoint"))
     spans = trial_spans(experiment)
-    assert len(spans) == 3  # the failed trial reported nothing
+    assert len(spans) == 2  # the failed trial reported nothing
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end - 1, f"trials overlapped: {spans}"
