@@ -59,10 +59,10 @@ def tree_pss(pid: int) -> tuple[int, int]:
     return total, count
 
 
-def measure(mode: str, data: str, windows: int) -> dict:
+def measure(mode: str, data: str, windows: int, data_memory_mb: int = 0) -> dict:
     """Run one mode in a subprocess and sample its process tree's memory."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--data", data, "--windows", str(windows)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--data", data, "--windows", str(windows),
+                             "--data-memory-mb", str(data_memory_mb)], stdout=subprocess.PIPE, text=True)
     peak, processes = 0, 0
 
     def sample():
@@ -83,7 +83,7 @@ def measure(mode: str, data: str, windows: int) -> dict:
     return result
 
 
-def in_memory_child(data: str, windows: int) -> dict:
+def in_memory_child(data: str, windows: int, data_memory_mb: int) -> dict:
     """The original DT's sampler: load everything, then Python-loop over each window."""
     from dtray.format import read_episodes
 
@@ -127,7 +127,7 @@ def in_memory_child(data: str, windows: int) -> dict:
     return {"windows_per_s": done / (time.perf_counter() - start)}
 
 
-def streaming_child(data: str, windows: int) -> dict:
+def streaming_child(data: str, windows: int, data_memory_mb: int) -> dict:
     """dtray's pipeline: statistics pass, then windows streamed into torch batches."""
     import ray
 
@@ -136,7 +136,7 @@ def streaming_child(data: str, windows: int) -> dict:
 
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="bench-data-"),
              logging_level="ERROR", log_to_driver=False)
-    config = DataConfig(paths=[data], context_len=K, max_ep_len=1000, val_fraction=0.0)
+    config = DataConfig(paths=[data], context_len=K, max_ep_len=1000, val_fraction=0.0, data_memory_mb=data_memory_mb)
     stats_start = time.perf_counter()
     pipeline = build_training_data(config, seed=0)
     stats_s = time.perf_counter() - stats_start
@@ -175,17 +175,19 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=200_000, help="windows drawn per measurement")
     parser.add_argument("--child", choices=["in_memory", "streaming"])
     parser.add_argument("--data")
+    parser.add_argument("--data-memory-mb", type=int, default=0, help="data.data_memory_mb for the streaming rows")
     args = parser.parse_args()
     if args.child:
         run = in_memory_child if args.child == "in_memory" else streaming_child
-        print(json.dumps(run(args.data, args.windows)))
+        print(json.dumps(run(args.data, args.windows, args.data_memory_mb)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-data-") as root:
         one, ten = make_datasets(args.episodes, Path(root))
+        streaming = "dtray Ray Data streaming" + (f", data_memory_mb={args.data_memory_mb}" if args.data_memory_mb else "")
         rows = [("in-memory get_batch (DT)", "1x", measure("in_memory", one, args.windows)),
-                ("dtray Ray Data streaming", "1x", measure("streaming", one, args.windows)),
+                (streaming, "1x", measure("streaming", one, args.windows, args.data_memory_mb)),
                 ("in-memory get_batch (DT)", "10x", measure("in_memory", ten, args.windows)),
-                ("dtray Ray Data streaming", "10x", measure("streaming", ten, args.windows))]
+                (streaming, "10x", measure("streaming", ten, args.windows, args.data_memory_mb))]
     base = rows[0][2]["windows_per_s"]
     steps = args.episodes * 200
     print(f"\nPendulum, {steps:,} steps (1x) / {10 * steps:,} (10x), K={K}, batch {BATCH}, "

@@ -7,14 +7,14 @@ fp32, wrapped in dtray's DTPolicy); throughput does not depend on the weights.
 
 * sequential: ``evaluate_episode_rtg`` written as in the original DT code (one env, one
   forward per step, a history of tensors grown with torch.cat, the last K steps left-padded
-  by hand in ``get_action``), in this process on 1 thread. (With torch's default 2 threads
-  it was 40x slower still on this shared machine: OpenMP threads wait for each other when
-  other processes hold the cores. 1 thread is the fair, faster baseline.)
+  by hand in ``get_action``), in this process: once with torch's default threads, as that
+  code runs, and once on 1 thread, which is faster for batch-1 forwards on a small machine
+  (the fair baseline).
 * batched, in process: :func:`dtray.evaluate.evaluate_in_process`, all episodes stepped
   together in this process on 1 thread (the batching gain alone);
 * pool: :func:`dtray.evaluate.evaluate_grid` on 2 actors x 1 CPU, timed end to end (actor
-  start, policy build, file writing included); once more with the policy under bf16
-  autocast (this CPU has AVX512-BF16), which changes the numerics slightly.
+  start, policy build, file writing included); on a CPU with native bf16 once more with the
+  policy under bf16 autocast, which changes the numerics slightly.
 
 The per-episode cost is mostly the model itself (~70 MFLOP per episode-step at K=20, the
 same at batch 1 or 50), so batching gains little per core: the pool's speed-up comes from
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import tempfile
@@ -43,35 +44,22 @@ from dtray.config import Config, EvalConfig
 from dtray.data import WindowSpec
 from dtray.evaluate import episode_seed, evaluate_grid, evaluate_in_process
 from dtray.format import DatasetInfo
+from dtray.model import bf16_pays
 from dtray.policy import DTPolicy
 
 ENV_ID = "Pendulum-v1"
 TARGETS = [float(t) for t in np.linspace(-1500.0, -150.0, 10)]
 
 
-def make_policy() -> DTPolicy:
+def make_policy(amp: str = "off") -> DTPolicy:
     """The same randomly initialised Decision Transformer in every process (seeded)."""
     torch.manual_seed(0)
     env = gym.make(ENV_ID)
     info = DatasetInfo(ENV_ID, env.observation_space, env.action_space)
     config = Config()  # ModelConfig and DataConfig defaults: d=128, 3 layers, K=20, rtg_scale 1000
     stats = SimpleNamespace(return_min=-1500.0, return_max=-150.0, return_quantiles={})
-    return DTPolicy(checkpoint.build_model(config, info).eval(), info, WindowSpec.from_config(config.data, None), stats)
-
-
-class Bf16Policy:
-    """A policy acting under CPU bf16 autocast."""
-
-    def __init__(self, policy: DTPolicy):
-        self.policy, self.info, self.spec = policy, policy.info, policy.spec
-
-    def act(self, windows):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.policy.act(windows)
-
-
-def make_bf16_policy() -> Bf16Policy:
-    return Bf16Policy(make_policy())
+    return DTPolicy(checkpoint.build_model(config, info).eval(), info, WindowSpec.from_config(config.data, None),
+                    stats, amp=amp)
 
 
 def get_action(model, states, actions, returns_to_go, timesteps) -> torch.Tensor:
@@ -161,31 +149,36 @@ def main() -> None:
     args = parser.parse_args()
     n = len(TARGETS) * args.episodes
     load_before = os.getloadavg()[0]
+    native_bf16 = bf16_pays(torch.device("cpu"))
 
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="bench-eval-"),
              configure_logging=False, log_to_driver=False)
     try:  # first, so that Ray is gone for the in-process loops
         pool, pool_returns = run_pool(make_policy, args.episodes, args.envs_per_actor)
-        pool_bf16, _ = run_pool(make_bf16_policy, args.episodes, args.envs_per_actor)
+        pool_bf16 = run_pool(functools.partial(make_policy, "bf16"), args.episodes, args.envs_per_actor)[0] if native_bf16 else None
     finally:
         ray.shutdown()
+    literal, _ = run_sequential(args.episodes)  # torch's default threads, as the original code runs
+    default_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     sequential, sequential_returns = run_sequential(args.episodes)
-    rows = [("sequential, original DT style, 1 thread", sequential),
+    rows = [(f"sequential, original DT style, torch default ({default_threads} threads)", literal),
+            ("sequential, original DT style, 1 thread", sequential),
             (f"dtray evaluate_in_process, {n} envs batched, 1 thread", run_in_process(make_policy, args.episodes)),
-            ("same, policy under bf16 autocast", run_in_process(make_bf16_policy, args.episodes)),
-            (f"dtray pool, 2 actors x 1 CPU x {args.envs_per_actor} envs, end to end", pool),
-            ("same, policy under bf16 autocast", pool_bf16)]
+            (f"dtray pool, 2 actors x 1 CPU x {args.envs_per_actor} envs, end to end", pool)]
+    if native_bf16:
+        rows += [("same, policy under bf16 autocast (this CPU has native bf16)", pool_bf16)]
 
     print(f"\n{ENV_ID}: {len(TARGETS)} targets x {args.episodes} episodes = {n} episodes of 200 steps. Policy: "
           f"random-init dtray DecisionTransformer (d=128, 3 layers, K=20) in DTPolicy, fp32 unless noted. "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs shared with other work: load average "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {native_bf16}; load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
-    print("| evaluation loop | wall s | episodes/s | speed-up | CPU ms per episode-step |")
-    print("|---|---:|---:|---:|---:|")
+    print("| evaluation loop | wall s | episodes/s | vs sequential (default threads) | vs sequential (1 thread) "
+          "| CPU ms per episode-step |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, timer in rows:
-        print(f"| {name} | {timer.wall:.1f} | {n / timer.wall:.2f} | {sequential.wall / timer.wall:.1f}x "
-              f"| {1e3 * timer.cpu / (n * 200):.2f} |".replace("| nan |", "| (in actors) |"))
+        print(f"| {name} | {timer.wall:.1f} | {n / timer.wall:.2f} | {literal.wall / timer.wall:.1f}x "
+              f"| {sequential.wall / timer.wall:.1f}x | {1e3 * timer.cpu / (n * 200):.2f} |".replace("| nan |", "| (in actors) |"))
     gap = np.abs(np.array(pool_returns) - np.array(sequential_returns))
     print(f"\nsame policy: mean return {np.mean(sequential_returns):.2f} (sequential) vs {np.mean(pool_returns):.2f} "
           f"(pool, fp32); largest per-episode difference {gap.max():.2g} (batch-size rounding)")

@@ -5,7 +5,7 @@ max_ep_len 1000), the same batch (a quarter of the windows left-padded, as at ep
 starts), the same loss (masked MSE on the action predictions), and the same step: AdamW
 (lr 1e-4, weight decay 1e-4 on matrices), grad-norm clip 0.25. HF's model is built from a
 config with SDPA attention. Variants time one thing each: the fused AdamW kernel, and bf16
-autocast (this CPU has AVX512-BF16). After warm-up, variants take turns one step at a
+autocast (only on CPUs with native bf16). After warm-up, variants take turns one step at a
 time, ``--steps`` times, so that load from other processes hits all of them alike; the
 table uses each variant's median step time, and also its fastest step (the least disturbed).
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dtray.config import ModelConfig
-from dtray.model import DecisionTransformer
+from dtray.model import DecisionTransformer, bf16_pays
 
 STATE_DIM, ACT_DIM, K, BATCH, MAX_EP_LEN = 17, 6, 20, 64, 1000
 SIZES = {"d=128, 3 layers, 1 head": (128, 3, 1), "d=256, 6 layers, 8 heads": (256, 6, 8)}
@@ -75,9 +75,9 @@ VARIANTS = {  # name: (builder, fused AdamW, bf16 autocast)
     "HF fp32, fused AdamW": (hf_model, True, False),
     "dtray fp32": (dtray_model, False, False),
     "dtray fp32, fused AdamW": (dtray_model, True, False),
-    "HF bf16, fused AdamW": (hf_model, True, True),
-    "dtray bf16, fused AdamW": (dtray_model, True, True),
 }
+if bf16_pays(torch.device("cpu")):  # emulated bf16 (e.g. AVX2-only CPUs) is many times slower: not worth timing
+    VARIANTS |= {"HF bf16, fused AdamW": (hf_model, True, True), "dtray bf16, fused AdamW": (dtray_model, True, True)}
 
 
 def trainer(builder, size: tuple[int, int, int], fused: bool, bf16: bool):
@@ -112,7 +112,7 @@ def main() -> None:
     logging.set_verbosity_error()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; batch {BATCH} x K={K}, {args.steps} interleaved steps per variant\n")
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_pays(torch.device('cpu'))}; batch {BATCH} x K={K}, {args.steps} interleaved steps per variant\n")
     print("| model | variant | samples/s (median step) | vs HF fp32 | samples/s (fastest step) | vs HF fp32 |")
     print("|---|---|---:|---:|---:|---:|")
     for size_name, size in SIZES.items():

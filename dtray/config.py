@@ -19,6 +19,7 @@ from dtray.errors import DtrayError
 
 Sampling = Literal["length", "uniform_episode", "top_percent", "boltzmann"]
 PolicyKind = Literal["deterministic", "stochastic", "discrete"]
+Amp = Literal["auto", "bf16", "off"]
 
 
 @dataclass
@@ -71,7 +72,7 @@ class TrainConfig:
     log_every: int = 100
     checkpoint_every: int = 1000
     eval_every: int = 0  # 0 = no in-training evaluation
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on GPU, off on CPU
+    amp: Amp = "auto"  # bf16 autocast; auto = on GPUs and CPUs with native bf16 (the loss stays fp32)
     compile: bool = False
     seed: int = 0
 
@@ -83,6 +84,7 @@ class RunConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    torch_threads: int = 0  # intra-op threads per worker; 0 = Ray's rule (the worker's whole CPUs, at least 1)
     storage_path: str = "runs"  # local dir, shared filesystem or s3://...
     name: str = ""  # empty = a fresh timestamped name
     num_to_keep: int = 2
@@ -102,6 +104,7 @@ class EvalConfig:
     gpus_per_actor: float = 0.0
     envs_per_actor: int = 16  # episodes stepped together in one vector env
     max_steps: int = 0  # 0 = the env's own limit
+    amp: Amp = "auto"  # bf16 autocast for acting, as train.amp
     out: str = ""  # results dir; empty = <checkpoint>/eval
 
 

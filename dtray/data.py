@@ -14,7 +14,7 @@ used by the training pipeline (many windows per episode) and by inference
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -342,8 +342,12 @@ def _execution_index() -> int:
 
 
 def _cut_windows(batch, info: DatasetInfo, spec: WindowSpec, config: DataConfig, stats: NormStats,
-                 seed: int, split: str, val_stride: int) -> dict[str, np.ndarray]:
-    """Episode rows -> fixed-shape window arrays (tensor columns for iter_torch_batches)."""
+                 seed: int, split: str, val_stride: int) -> Iterator[dict[str, np.ndarray]]:
+    """Episode rows -> fixed-shape window arrays (tensor columns for iter_torch_batches).
+
+    A generator, so that a batch without windows (no episode of this split, or none that
+    ``top_percent`` keeps) yields no block at all: a zero-row block would reach Arrow as
+    pickled objects instead of tensors and break the schema."""
     epoch = _execution_index()
     windows = []
     for episode in rows_to_episodes(batch, info):
@@ -356,16 +360,8 @@ def _cut_windows(batch, info: DatasetInfo, spec: WindowSpec, config: DataConfig,
             ends = window_ends(config, stats, episode.episode_id, rtg[0], episode.length, seed, epoch)
         if len(ends):
             windows.append(build_windows(spec, episode.observations, episode.actions, rtg, ends))
-    if not windows:
-        windows.append(_empty_windows(spec, info))
-    return {key: np.concatenate([w[key] for w in windows]) for key in WINDOW_KEYS}
-
-
-def _empty_windows(spec: WindowSpec, info: DatasetInfo) -> dict[str, np.ndarray]:
-    """Zero windows with the right shapes, so that every output block has the same schema."""
-    states = np.zeros((0, *info.obs_shape), dtype=info.observation_space.dtype)
-    actions = np.zeros((0,) if info.discrete else (0, info.act_dim), dtype=np.float32)
-    return build_windows(spec, states, actions, np.zeros(0), ends=np.zeros(0, dtype=np.int64))
+    if windows:
+        yield {key: np.concatenate([w[key] for w in windows]) for key in WINDOW_KEYS}
 
 
 def execution_options(config: DataConfig):

@@ -11,6 +11,7 @@ images), ``actions`` (B,K,act_dim) float32 or (B,K) int64, ``returns_to_go`` (B,
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
@@ -118,6 +119,23 @@ def tanh_gaussian_log_prob(u: torch.Tensor, dist: Gaussian) -> torch.Tensor:
     return (normal - log_det).sum(-1)
 
 
+def bf16_pays(device: torch.device) -> bool:
+    """bf16 matmuls are fast on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX, Arm bf16);
+    elsewhere (e.g. AVX2-only CPUs) they are emulated and slower than fp32."""
+    if device.type != "cpu":
+        return device.type == "cuda"
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def autocast(amp: str, device: torch.device | str):
+    """The autocast context for ``amp``: "bf16" always, "off" never, "auto" where it pays."""
+    device = torch.device(device)
+    if amp == "bf16" or (amp == "auto" and bf16_pays(device)):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -177,11 +195,13 @@ class DecisionTransformer(nn.Module):
 
     # --- forward ------------------------------------------------------------------------
 
-    def forward(self, states, actions, returns_to_go, timesteps, mask) -> torch.Tensor | Gaussian:
+    def forward(self, states, actions, returns_to_go, timesteps, mask, last_only: bool = False) -> torch.Tensor | Gaussian:
         """The head's raw output at every step (junk at padded ones), read from the s_t tokens:
         pre-tanh means (B,K,act_dim) for "deterministic", a pre-tanh :class:`Gaussian` for
-        "stochastic", logits (B,K,n) for "discrete"."""
+        "stochastic", logits (B,K,n) for "discrete". ``last_only``: the last step only (K=1),
+        all that acting needs; the last block then computes one query per window."""
         B, K = mask.shape
+        T = TOKENS_PER_STEP * K
         if self.discrete:
             action_tokens = self.embed_action(actions)
         else:
@@ -189,11 +209,11 @@ class DecisionTransformer(nn.Module):
         tokens = torch.stack(
             (self.embed_return(returns_to_go.unsqueeze(-1)), self.embed_state(states), action_tokens), dim=2)
         tokens = tokens + self.embed_timestep(timesteps).unsqueeze(2)  # (B, K, 3, d)
-        x = self.drop(self.embed_ln(tokens.reshape(B, TOKENS_PER_STEP * K, -1)))
+        x = self.drop(self.embed_ln(tokens.reshape(B, T, -1)))
         allowed = self._allowed(mask)
         for block in self.blocks[:-1]:
             x = block(x, allowed)
-        state_tokens = slice(1, None, TOKENS_PER_STEP)
+        state_tokens = slice(T - 2, T - 1) if last_only else slice(1, None, TOKENS_PER_STEP)
         out = self.head(self.ln_f(self.blocks[-1](x, allowed, state_tokens)))
         if self.config.policy != "stochastic":
             return out
@@ -247,7 +267,8 @@ class DecisionTransformer(nn.Module):
     def predict(self, batch: dict[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
         """The action of each window's last step: (B, act_dim) float32 in env units, or (B,)
         int64. ``deterministic=False`` samples from the stochastic and discrete policies."""
-        out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
+        out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"],
+                   last_only=True)
         if self.config.policy == "discrete":
             logits = out[:, -1].float()
             if deterministic:

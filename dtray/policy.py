@@ -9,6 +9,7 @@ import torch
 
 from dtray.data import WindowSpec
 from dtray.format import DatasetInfo
+from dtray.model import autocast
 
 
 class Policy(Protocol):
@@ -28,8 +29,8 @@ class Policy(Protocol):
 class DTPolicy:
     """A trained Decision Transformer wrapped to act on numpy windows."""
 
-    def __init__(self, model, info: DatasetInfo, spec: WindowSpec, stats, device="cpu"):
-        self.model, self.info, self.spec, self.stats = model, info, spec, stats
+    def __init__(self, model, info: DatasetInfo, spec: WindowSpec, stats, device="cpu", amp: str = "auto"):
+        self.model, self.info, self.spec, self.stats, self.amp = model, info, spec, stats, amp
         self.device = torch.device(device)
         self.return_stats = {
             "min": stats.return_min,
@@ -42,13 +43,15 @@ class DTPolicy:
         was_training = self.model.training
         self.model.eval()
         batch = {key: torch.as_tensor(value, device=self.device) for key, value in windows.items()}
-        actions = self.model.predict(batch, deterministic=deterministic).float().cpu().numpy()
+        with autocast(self.amp, self.device):
+            actions = self.model.predict(batch, deterministic=deterministic).float().cpu().numpy()
         self.model.train(was_training)
         return actions.astype(np.int64) if self.info.discrete else actions
 
 
-def load_policy(checkpoint_dir, device: str = "cpu") -> DTPolicy:
-    """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``)."""
+def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto") -> DTPolicy:
+    """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``);
+    ``amp`` as ``eval.amp``."""
     from dtray import checkpoint
 
     if hasattr(checkpoint_dir, "to_directory"):
@@ -56,4 +59,4 @@ def load_policy(checkpoint_dir, device: str = "cpu") -> DTPolicy:
     config, spec, info, stats = checkpoint.read_meta(checkpoint_dir)
     model = checkpoint.build_model(config, info)
     checkpoint.load_weights(checkpoint_dir, model)
-    return DTPolicy(model.to(device).eval(), info, spec, stats, device)
+    return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp)

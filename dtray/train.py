@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, Iterator, Sequence
 
@@ -26,6 +26,7 @@ from dtray.config import Config, TrainConfig, from_dict
 from dtray.data import NormStats, WindowSpec, build_training_data, execution_options
 from dtray.errors import DtrayError
 from dtray.format import DatasetInfo
+from dtray.model import autocast
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -36,13 +37,6 @@ def lr_factor(step: int, config: TrainConfig) -> float:
         return 1.0
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _autocast(config: TrainConfig, device: torch.device):
-    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -78,6 +72,8 @@ class Trainer:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
+        if config.run.torch_threads:
+            torch.set_num_threads(config.run.torch_threads)
         torch.manual_seed(config.train.seed)  # identical init on every rank
         self.model = checkpoint.build_model(config, info).to(self.device)
         tc = config.train
@@ -130,7 +126,7 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.loss_module.train()
-        with _autocast(self.config.train, self.device):
+        with autocast(self.config.train.amp, self.device):
             loss, metrics = self.loss_module(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,7 +143,7 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, error*n, n
         for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=256, device=self.device):
-            with _autocast(self.config.train, self.device):
+            with autocast(self.config.train.amp, self.device):
                 loss, metrics = self.model.loss(batch, entropy_coef=0.0)
             n = batch["mask"].sum().double()
             totals += torch.stack([loss.double() * n, metrics["action_error"].double() * n, n])
@@ -162,7 +158,7 @@ class Trainer:
         from dtray.evaluate import evaluate_in_process
         from dtray.policy import DTPolicy
 
-        policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device)
+        policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device, amp=self.config.eval.amp)
         result = evaluate_in_process(policy, targets=[self.stats.return_max], episodes=self.config.eval.episodes,
                                      seed=self.config.train.seed, max_steps=self.config.eval.max_steps)
         return {"eval_return": float(result["return"]), "eval_score": float(result["score"])}
@@ -224,8 +220,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 metrics["initial_val_loss"] = trainer.initial_val_loss
         if tc.eval_every and (step % tc.eval_every == 0 or step == tc.max_steps):
             metrics.update(trainer.evaluate_in_env())
+        if trainer.rank == 0:  # one progress line per report on the driver's terminal (not print:
+            # Ray Train routes print through its logger, which echoes each line twice)
+            sys.stdout.write(progress_line(metrics, tc.max_steps) + "\n")
+            sys.stdout.flush()
         trainer.report(metrics, with_checkpoint=checkpoint_now)
         window = {"samples": 0, "wait": 0.0, "start": time.perf_counter(), "sums": {}, "count": 0}
+
+
+def progress_line(metrics: dict[str, float], max_steps: int) -> str:
+    shown = ("loss", "val_loss", "eval_return", "samples_per_s")
+    return f"step {metrics['step']}/{max_steps}: " + ", ".join(
+        f"{key} {metrics[key]:.4g}" for key in shown if key in metrics)
 
 
 def _storage_path(path: str) -> str:

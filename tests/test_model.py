@@ -193,6 +193,37 @@ def test_bf16_autocast_is_close_to_fp32(case):
     assert all(torch.isfinite(v) for v in metrics.values())
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_acting_reads_the_last_step_of_the_full_forward(case):
+    """predict computes only the last state token in the last block; it must equal the last
+    step of the full forward, mapped to env units (or the argmax action)."""
+    torch.manual_seed(0)
+    model = make_model(case).eval()
+    batch = make_batch(case)
+    last = outputs(model, batch)[:, -1]
+    with torch.no_grad():
+        acted = model.predict(batch)
+    if CASES[case][0] == "discrete":
+        torch.testing.assert_close(acted, last.argmax(-1))
+    else:
+        mean = last[:, :CASES[case][2]]
+        torch.testing.assert_close(acted, model.to_env(torch.tanh(mean)), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_amp_uses_bf16_only_where_it_pays(monkeypatch):
+    """bf16 on CPUs without native bf16 is emulated and many times slower than fp32."""
+    from dtray import model as model_module
+
+    for native, expected in ((False, False), (True, True)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native})
+        with model_module.autocast("auto", "cpu"):
+            assert torch.is_autocast_enabled("cpu") == expected
+    with model_module.autocast("bf16", "cpu"):
+        assert torch.is_autocast_enabled("cpu")
+    with model_module.autocast("off", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
 def test_bad_arguments_are_value_errors():
     config = ModelConfig(embed_dim=16, n_head=2)
     with pytest.raises(ValueError, match="policy"):
