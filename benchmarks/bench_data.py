@@ -59,27 +59,38 @@ def tree_pss(pid: int) -> tuple[int, int]:
     return total, count
 
 
+STATS_DONE = "stats pass done"
+
+
 def measure(mode: str, data: str, windows: int, data_memory_mb: int = 0) -> dict:
-    """Run one mode in a subprocess and sample its process tree's memory."""
+    """Run one mode in a subprocess and sample its process tree's memory: the peak over the
+    whole run, and for dtray also the peak while windows stream (after the statistics pass)."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--data", data, "--windows", str(windows),
                              "--data-memory-mb", str(data_memory_mb)], stdout=subprocess.PIPE, text=True)
-    peak, processes = 0, 0
+    peak, streaming_peak, processes, streaming = 0, 0, 0, False
 
     def sample():
-        nonlocal peak, processes
+        nonlocal peak, streaming_peak, processes
         while proc.poll() is None:
             pss, count = tree_pss(proc.pid)
             peak, processes = max(peak, pss), max(processes, count)
+            if streaming:
+                streaming_peak = max(streaming_peak, pss)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    out, _ = proc.communicate()
+    lines = []
+    for line in proc.stdout:
+        streaming = streaming or line.strip() == STATS_DONE
+        lines.append(line)
+    proc.wait()
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"{mode} on {data} failed")
-    result = json.loads(out.strip().splitlines()[-1])
+    result = json.loads(lines[-1])
     result["peak_mb"], result["processes"] = peak / 2**20, processes
+    result["streaming_peak_mb"] = streaming_peak / 2**20 if streaming else float("nan")
     return result
 
 
@@ -140,6 +151,7 @@ def streaming_child(data: str, windows: int, data_memory_mb: int) -> dict:
     stats_start = time.perf_counter()
     pipeline = build_training_data(config, seed=0)
     stats_s = time.perf_counter() - stats_start
+    print(STATS_DONE, flush=True)
     start = time.perf_counter()
     done = 0
     for batch in pipeline.train.iter_torch_batches(batch_size=BATCH, local_shuffle_buffer_size=2048, drop_last=True):
@@ -192,11 +204,12 @@ def main() -> None:
     steps = args.episodes * 200
     print(f"\nPendulum, {steps:,} steps (1x) / {10 * steps:,} (10x), K={K}, batch {BATCH}, "
           f"{args.windows:,} windows per row, 2 CPUs\n")
-    print("| sampler | data | windows/s | vs in-memory 1x | peak memory, PSS (MB) | processes |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| sampler | data | windows/s | vs in-memory 1x | peak memory, PSS (MB) | of it while streaming (MB) "
+          "| processes |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, size, r in rows:
         print(f"| {name} | {size} | {r['windows_per_s']:,.0f} | {r['windows_per_s'] / base:.2f}x "
-              f"| {r['peak_mb']:,.0f} | {r['processes']} |")
+              f"| {r['peak_mb']:,.0f} | {r['streaming_peak_mb']:,.0f} | {r['processes']} |".replace("| nan |", "| – |"))
 
 
 if __name__ == "__main__":

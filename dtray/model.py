@@ -120,10 +120,11 @@ def tanh_gaussian_log_prob(u: torch.Tensor, dist: Gaussian) -> torch.Tensor:
 
 
 def bf16_pays(device: torch.device) -> bool:
-    """bf16 matmuls are fast on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX, Arm bf16);
-    elsewhere (e.g. AVX2-only CPUs) they are emulated and slower than fp32."""
+    """bf16 matmuls are fast on GPUs that support bf16 (Ampere and later) and on CPUs with native
+    bf16 (AVX512-BF16, AMX, Arm bf16); elsewhere (e.g. AVX2-only CPUs) they are emulated and
+    many times slower than fp32."""
     if device.type != "cpu":
-        return device.type == "cuda"
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
     caps = torch.cpu.get_capabilities()
     return any(caps.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16"))
 
