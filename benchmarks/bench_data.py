@@ -94,7 +94,7 @@ def measure(mode: str, data: str, windows: int, data_memory_mb: int = 0) -> dict
     return result
 
 
-def in_memory_child(data: str, windows: int, data_memory_mb: int) -> dict:
+def in_memory_child(data: str, windows: int) -> dict:
     """The original DT's sampler: load everything, then Python-loop over each window."""
     from dtray.format import read_episodes
 
@@ -190,8 +190,11 @@ def main() -> None:
     parser.add_argument("--data-memory-mb", type=int, default=0, help="data.data_memory_mb for the streaming rows")
     args = parser.parse_args()
     if args.child:
-        run = in_memory_child if args.child == "in_memory" else streaming_child
-        print(json.dumps(run(args.data, args.windows, args.data_memory_mb)))
+        if args.child == "in_memory":
+            result = in_memory_child(args.data, args.windows)
+        else:
+            result = streaming_child(args.data, args.windows, args.data_memory_mb)
+        print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory(prefix="bench-data-") as root:
         one, ten = make_datasets(args.episodes, Path(root))

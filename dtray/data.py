@@ -370,8 +370,8 @@ def _cut_windows(batch, info: DatasetInfo, spec: WindowSpec, config: DataConfig,
 
 
 def execution_options(config: DataConfig):
-    """Ray Data limits for the window pipelines: a bounded read-ahead keeps memory flat as
-    the dataset grows, and ``deterministic`` keeps block order for reproducible runs."""
+    """Ray Data limits for the window pipelines (CPUs and object store it may fill ahead of
+    training), and ``deterministic`` keeps block order for reproducible runs."""
     from ray.data import ExecutionOptions, ExecutionResources
 
     limits = ExecutionResources.for_limits(

@@ -369,7 +369,8 @@ def ranked_trials(search: Search, grid) -> list[tuple[dict[str, Any], Any]]:
     for result in grid:
         metrics = result.metrics or {}
         row = {"trial": os.path.basename(result.path)}
-        row.update({key: _trial_params(result, grid.filesystem).get(key) for key in search.space})
+        params = _trial_params(result, grid.filesystem)
+        row.update({key: params.get(key) for key in search.space})
         row.update({key: metrics.get(key) for key in TABLE_METRICS})
         row[best_key] = _best_value(result, search.metric, search.mode)
         row["time_total_s"] = metrics.get("time_total_s")
