@@ -41,7 +41,9 @@ class DataConfig:
     shuffle_files: bool = True  # reshuffle file order every epoch
     deterministic: bool = False  # same window order for a seed (preserves block order; slower)
     data_cpu_limit: float = 0.0  # CPUs Ray Data may use (0 = Ray's default)
-    data_memory_mb: int = 0  # cap on the object store Ray Data fills ahead of training (0 = Ray's default)
+    # Object store that training windows may fill ahead of the trainer. Ray's default (0) is a
+    # share of the node's store: a slow trainer then lets the look-ahead grow with the data.
+    data_memory_mb: int = 1024
 
 
 @dataclass

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dtray import __version__
+from dtray.data import read_dataset
 from dtray.errors import DtrayError
 from dtray.format import (
     METADATA_KEY,
@@ -235,11 +236,8 @@ def steps_episodes(path: str, env_id: str | None, use_ray: bool | None) -> tuple
         table = pa.concat_tables(pq.read_table(f, filesystem=filesystem, columns=columns) for f in files)
         return iter(steps_to_episodes(table, info, path)), info
 
-    import ray.data
-
     episode_rows = (
-        ray.data.read_parquet(files, filesystem=filesystem)
-        .select_columns(columns)
+        read_dataset([path], columns)
         .groupby("episode_id")
         .map_groups(_episode_rows, fn_kwargs={"info": info, "path": path}, batch_format="pyarrow")
         .sort("episode_id")

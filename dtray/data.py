@@ -13,10 +13,13 @@ used by the training pipeline (many windows per episode) and by inference
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from dtray.config import DataConfig
 from dtray.errors import DtrayError
@@ -253,6 +256,30 @@ def _summarise_episodes(batch, info: DatasetInfo, config: DataConfig, seed: int)
     }
 
 
+# Ray Data's Parquet reader sizes itself for big clusters, and both knobs are read from the
+# driver's environment when a read is planned. Its defaults made memory grow with the number
+# of files on a small machine (bench_data, 2 CPUs): every listing (each epoch, the statistics
+# pass) started 32 footer-reading actors, ~110 MB of Python each; and read units of up to
+# 128 MiB gave a whole 10x dataset to 3 tasks. One actor reads many footers concurrently, and
+# small read units keep every CPU busy on small datasets.
+PARQUET_READ_ENV = {
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+    "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(8 * 2**20),
+}
+
+
+@contextmanager
+def _parquet_read_env():
+    """Set :data:`PARQUET_READ_ENV` while a read is planned (values the user set win)."""
+    added = {key: value for key, value in PARQUET_READ_ENV.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def read_dataset(paths: list[str], columns: list[str], seed: int | None = None):
     """Episode rows as a lazy Ray Dataset, reading only ``columns``; file order shuffled
     afresh each epoch when a seed is given."""
@@ -260,7 +287,8 @@ def read_dataset(paths: list[str], columns: list[str], seed: int | None = None):
 
     filesystem, files = resolve_files(paths)
     shuffle = ray.data.FileShuffleConfig(seed=seed) if seed is not None else None
-    return ray.data.read_parquet(files, filesystem=filesystem, shuffle=shuffle).select_columns(columns)
+    with _parquet_read_env():
+        return ray.data.read_parquet(files, filesystem=filesystem, shuffle=shuffle).select_columns(columns)
 
 
 def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats:
@@ -269,7 +297,7 @@ def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats
         _summarise_episodes,
         fn_kwargs={"info": info, "config": config, "seed": seed},
         batch_format="pyarrow",
-        batch_size=EPISODES_PER_BATCH,
+        batch_size=None,  # whole read batches: fused with the read (see _cut_windows)
     )
     parts = list(summary_rows.iter_batches(batch_format="numpy", batch_size=None))
     summary = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -303,7 +331,7 @@ def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats
 
 # --- windows in Ray Data ----------------------------------------------------------------
 
-EPISODES_PER_BATCH = 16
+EPISODES_PER_BATCH = 16  # episodes whose windows a task builds and yields together
 # Windows are ~K times the size of the episodes they come from, and a Ray Data task holds its
 # output until a block is full: with Ray's 128 MiB default a window task grew to ~1.5 GB of PSS.
 # Small blocks stream sooner (bench_data: peak memory 1,873 -> 1,500 MB at 400k steps and
@@ -346,27 +374,31 @@ def _execution_index() -> int:
     return int(getattr(DataContext.get_current(), "_execution_idx", 0))
 
 
-def _cut_windows(batch, info: DatasetInfo, spec: WindowSpec, config: DataConfig, stats: NormStats,
+def _cut_windows(batch: pa.Table, info: DatasetInfo, spec: WindowSpec, config: DataConfig, stats: NormStats,
                  seed: int, split: str, val_stride: int) -> Iterator[dict[str, np.ndarray]]:
     """Episode rows -> fixed-shape window arrays (tensor columns for iter_torch_batches).
 
-    A generator, so that a batch without windows (no episode of this split, or none that
-    ``top_percent`` keeps) yields no block at all: a zero-row block would reach Arrow as
-    pickled objects instead of tensors and break the schema."""
+    Runs fused with the Parquet read on whole read batches (``batch_size=None``), so episodes
+    never wait in the object store; it yields the windows of every EPISODES_PER_BATCH episodes
+    at once, so that a task holds only those (windows are ~K times the size of their episodes).
+    A generator also lets a chunk without windows (no episode of this split, or none that
+    ``top_percent`` keeps) yield no block at all: a zero-row block would reach Arrow as pickled
+    objects instead of tensors and break the schema."""
     epoch = _execution_index()
-    windows = []
-    for episode in rows_to_episodes(batch, info):
-        if is_validation([episode.episode_id], config.val_fraction, seed)[0] != (split == "val"):
-            continue
-        rtg = returns_to_go(episode.rewards, config.gamma)
-        if split == "val":
-            ends = np.arange(episode.episode_id % val_stride, episode.length, val_stride)
-        else:
-            ends = window_ends(config, stats, episode.episode_id, rtg[0], episode.length, seed, epoch)
-        if len(ends):
-            windows.append(build_windows(spec, episode.observations, episode.actions, rtg, ends))
-    if windows:
-        yield {key: np.concatenate([w[key] for w in windows]) for key in WINDOW_KEYS}
+    for start in range(0, batch.num_rows, EPISODES_PER_BATCH):
+        windows = []
+        for episode in rows_to_episodes(batch.slice(start, EPISODES_PER_BATCH), info):
+            if is_validation([episode.episode_id], config.val_fraction, seed)[0] != (split == "val"):
+                continue
+            rtg = returns_to_go(episode.rewards, config.gamma)
+            if split == "val":
+                ends = np.arange(episode.episode_id % val_stride, episode.length, val_stride)
+            else:
+                ends = window_ends(config, stats, episode.episode_id, rtg[0], episode.length, seed, epoch)
+            if len(ends):
+                windows.append(build_windows(spec, episode.observations, episode.actions, rtg, ends))
+        if windows:
+            yield {key: np.concatenate([w[key] for w in windows]) for key in WINDOW_KEYS}
 
 
 def execution_options(config: DataConfig):
@@ -408,7 +440,7 @@ def build_training_data(config: DataConfig, seed: int) -> TrainingData:
             fn_kwargs=dict(info=info, spec=spec, config=config, stats=stats, seed=seed,
                            split=split, val_stride=val_stride),
             batch_format="pyarrow",
-            batch_size=EPISODES_PER_BATCH,
+            batch_size=None,
         )
         dataset.context.target_max_block_size = WINDOW_BLOCK_BYTES
         return dataset

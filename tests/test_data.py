@@ -237,3 +237,22 @@ def test_two_workers_stream_disjoint_equal_shards_on_two_cpus(ray_local, tmp_pat
     assert not shards[0] & shards[1]
     assert shards[0] | shards[1] <= expected
     assert len(shards[0]) == len(shards[1]) >= len(expected) // 2 - 1  # equal split drops at most a remainder
+
+
+def test_many_files_stream_with_one_footer_reader_and_episodes_never_queued(ray_local, tmp_path):
+    """What keeps memory flat as the dataset grows: each listing of the files starts one
+    footer-reading actor (Ray's default is 32 processes), the read is fused with window
+    cutting so raw episodes never wait in the object store, and the look-ahead is capped."""
+    import ray._private.state
+
+    def footer_readers():
+        return sum(a["ActorClassName"] == "FooterReader" for a in ray._private.state.actors().values())
+
+    make_dataset(tmp_path / "ds", n_episodes=80, steps_per_file=40)  # ~40 files
+    before = footer_readers()
+    data = build_training_data(DataConfig(paths=[str(tmp_path / "ds")], val_fraction=0.0), seed=0)
+    windows = sum(len(batch["mask"]) for batch in data.train.iter_batches(batch_size=256))
+    assert windows == data.stats.train_steps
+    assert footer_readers() - before == 2  # the statistics pass and one epoch
+    assert "ReadFilesParquetV2->MapBatches(_cut_windows)" in data.train.stats()
+    assert data.train.context.execution_options.resource_limits.object_store_memory == 1024 * 2**20
