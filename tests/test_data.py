@@ -239,6 +239,20 @@ def test_two_workers_stream_disjoint_equal_shards_on_two_cpus(ray_local, tmp_pat
     assert len(shards[0]) == len(shards[1]) >= len(expected) // 2 - 1  # equal split drops at most a remainder
 
 
+def test_parquet_read_settings_apply_only_while_planning_and_user_values_win(monkeypatch):
+    import os
+
+    from dtray.data import PARQUET_READ_ENV, _parquet_read_env
+
+    monkeypatch.delenv("RAY_DATA_PARQUET_BIN_PACKING_BYTES", raising=False)
+    monkeypatch.setenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "3")
+    with _parquet_read_env():
+        assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "3"
+        assert os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] == PARQUET_READ_ENV["RAY_DATA_PARQUET_BIN_PACKING_BYTES"]
+    assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "3"
+    assert "RAY_DATA_PARQUET_BIN_PACKING_BYTES" not in os.environ
+
+
 def test_many_files_stream_with_one_footer_reader_and_episodes_never_queued(ray_local, tmp_path):
     """What keeps memory flat as the dataset grows: each listing of the files starts one
     footer-reading actor (Ray's default is 32 processes), the read is fused with window
