@@ -1,5 +1,6 @@
 """The window convention, sampling schemes and statistics of the Ray Data pipeline."""
 
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -240,8 +241,6 @@ def test_two_workers_stream_disjoint_equal_shards_on_two_cpus(ray_local, tmp_pat
 
 
 def test_parquet_read_settings_apply_only_while_planning_and_user_values_win(monkeypatch):
-    import os
-
     from dtray.data import PARQUET_READ_ENV, _parquet_read_env
 
     monkeypatch.delenv("RAY_DATA_PARQUET_BIN_PACKING_BYTES", raising=False)
