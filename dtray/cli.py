@@ -62,12 +62,12 @@ def _cmd_inspect(args) -> None:
 
 def _cmd_train(args) -> None:
     from dtray import config as cfg
-    from dtray.train import fit
+    from dtray.train import best_checkpoint, fit
 
     config = cfg.load(args.config, args.overrides)
     connect(args.address)
     result = fit(config)
-    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+    best = best_checkpoint(result)
     metrics = result.metrics or {}
     nan = float("nan")
     print(f"final step {metrics.get('step')}: loss {metrics.get('loss', nan):.4f}, val_loss "
@@ -80,7 +80,7 @@ def _cmd_demo(args) -> None:
     from dtray import config as cfg
     from dtray.collect import collect
     from dtray.evaluate import evaluate_checkpoints
-    from dtray.train import fit
+    from dtray.train import best_checkpoint, fit
 
     config = cfg.load(args.config, args.overrides)
     connect(args.address)
@@ -89,7 +89,7 @@ def _cmd_demo(args) -> None:
         print(f"collecting {args.dataset} into {dataset} ...")
         collect(args.dataset, dataset, seed=config.train.seed)
     result = fit(config)
-    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+    best = best_checkpoint(result)
     print(f"checkpoint: {best.path}")
     evaluate_checkpoints([best.path], config.eval)
 

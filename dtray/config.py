@@ -55,6 +55,7 @@ class ModelConfig:
     n_head: int = 1
     dropout: float = 0.1
     policy: PolicyKind = "deterministic"  # forced to "discrete" for Discrete actions
+    return_conditioned: bool = True  # false hides R̂ from the model: behaviour cloning, same network
     init_std: float = 0.02
 
 
@@ -107,6 +108,7 @@ class EvalConfig:
     envs_per_actor: int = 16  # episodes stepped together in one vector env
     max_steps: int = 0  # 0 = the env's own limit
     amp: Amp = "auto"  # bf16 autocast for acting, as train.amp
+    deterministic: bool = True  # act with the mean (argmax); false samples a ~ p(a | history, R̂)
     out: str = ""  # results dir; empty = <checkpoint>/eval
 
 

@@ -484,6 +484,13 @@ def format_summary(summary: pd.DataFrame) -> str:
     return summary.to_string(index=False, float_format=lambda v: f"{v:.2f}")
 
 
+def best_targets(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (policy, env): the target whose episodes scored highest on average, and that score."""
+    scored = summary.dropna(subset=["score_mean"])
+    rows = scored.loc[scored.groupby(["policy", "env"])["score_mean"].idxmax()]
+    return rows[["policy", "env", "target", "return_mean", "score_mean"]].reset_index(drop=True)
+
+
 # --- entry points -----------------------------------------------------------------------
 
 
@@ -527,17 +534,21 @@ def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: 
     print(format_summary(summary))
     print(f"{len(episodes)} episodes in {seconds:.1f} s ({len(episodes) / seconds:.1f} episodes/s); "
           f"results in {out_dir} (episodes.parquet, episodes.csv, summary.csv, calibration.png)")
+    for row in best_targets(summary).itertuples():
+        print(f"best normalised score: {row.score_mean:.1f} ({row.policy} on {row.env}, target {row.target:.2f}, "
+              f"return {row.return_mean:.2f})")
     return EvalResult(out_dir, episodes, summary, seconds)
 
 
-def load_checkpoint_policy(path: str, amp: str = "auto") -> Policy:
+def load_checkpoint_policy(path: str, amp: str = "auto", deterministic: bool = True) -> Policy:
     """A checkpoint's policy on the best device this process has: GPU actors get CUDA, the
     driver (which only checks spaces) whatever it has."""
     import torch
 
     from dtray.policy import load_policy
 
-    return load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu", amp=amp)
+    return load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu", amp=amp,
+                       deterministic=deterministic)
 
 
 def checkpoint_names(paths: list[str]) -> list[str]:
@@ -555,6 +566,6 @@ def evaluate_checkpoints(checkpoints: list[str], config: EvalConfig, progress: b
     (default ``<first checkpoint>/eval``)."""
     if not checkpoints:
         raise DtrayError("no checkpoints to evaluate")
-    factories = {name: functools.partial(load_checkpoint_policy, str(path), config.amp)
+    factories = {name: functools.partial(load_checkpoint_policy, str(path), config.amp, config.deterministic)
                  for name, path in zip(checkpoint_names(checkpoints), checkpoints)}
     return evaluate_grid(factories, config, config.out or os.path.join(checkpoints[0], "eval"), progress=progress)

@@ -203,6 +203,8 @@ class DecisionTransformer(nn.Module):
         all that acting needs; the last block then computes one query per window."""
         B, K = mask.shape
         T = TOKENS_PER_STEP * K
+        if not self.config.return_conditioned:
+            returns_to_go = torch.zeros_like(returns_to_go)
         if self.discrete:
             action_tokens = self.embed_action(actions)
         else:

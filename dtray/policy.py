@@ -29,8 +29,10 @@ class Policy(Protocol):
 class DTPolicy:
     """A trained Decision Transformer wrapped to act on numpy windows."""
 
-    def __init__(self, model, info: DatasetInfo, spec: WindowSpec, stats, device="cpu", amp: str = "auto"):
+    def __init__(self, model, info: DatasetInfo, spec: WindowSpec, stats, device="cpu", amp: str = "auto",
+                 deterministic: bool = True):
         self.model, self.info, self.spec, self.stats, self.amp = model, info, spec, stats, amp
+        self.deterministic = deterministic
         self.device = torch.device(device)
         self.return_stats = {
             "min": stats.return_min,
@@ -39,7 +41,10 @@ class DTPolicy:
         }
 
     @torch.no_grad()
-    def act(self, windows: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+    def act(self, windows: dict[str, np.ndarray], deterministic: bool | None = None) -> np.ndarray:
+        """Actions for a batch of windows; ``deterministic`` (default: the policy's own setting)
+        takes the mean or argmax, else samples from the stochastic or discrete head."""
+        deterministic = self.deterministic if deterministic is None else deterministic
         was_training = self.model.training
         self.model.eval()
         batch = {key: torch.as_tensor(value, device=self.device) for key, value in windows.items()}
@@ -49,9 +54,9 @@ class DTPolicy:
         return actions.astype(np.int64) if self.info.discrete else actions
 
 
-def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto") -> DTPolicy:
+def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", deterministic: bool = True) -> DTPolicy:
     """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``);
-    ``amp`` as ``eval.amp``."""
+    ``amp`` and ``deterministic`` as ``eval.amp`` and ``eval.deterministic``."""
     from dtray import checkpoint
 
     if hasattr(checkpoint_dir, "to_directory"):
@@ -59,4 +64,4 @@ def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto") -> DTPol
     config, spec, info, stats = checkpoint.read_meta(checkpoint_dir)
     model = checkpoint.build_model(config, info)
     checkpoint.load_weights(checkpoint_dir, model)
-    return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp)
+    return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp, deterministic)

@@ -158,7 +158,8 @@ class Trainer:
         from dtray.evaluate import evaluate_in_process
         from dtray.policy import DTPolicy
 
-        policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device, amp=self.config.eval.amp)
+        policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device, amp=self.config.eval.amp,
+                          deterministic=self.config.eval.deterministic)
         result = evaluate_in_process(policy, targets=[self.stats.return_max], episodes=self.config.eval.episodes,
                                      seed=self.config.train.seed, max_steps=self.config.eval.max_steps)
         return {"eval_return": float(result["return"]), "eval_score": float(result["score"])}
@@ -268,6 +269,11 @@ def fit(config: Config, *, callbacks: Sequence[Any] = (), run_name: str | None =
         ),
     )
     return trainer.fit()
+
+
+def best_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
+    """The checkpoint to act with: lowest validation loss (held-out episodes), else the latest."""
+    return result.get_best_checkpoint("val_loss", "min") or result.checkpoint
 
 
 def _check_resources(config: Config) -> None:

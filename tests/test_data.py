@@ -68,6 +68,24 @@ def test_timesteps_are_clipped_and_states_normalised():
     np.testing.assert_allclose(w["states"][0, 0], [1.0, 2.0])
 
 
+def test_windows_of_episodes_laid_back_to_back_equal_each_episodes_own():
+    """``starts`` marks where each window's episode begins in concatenated arrays: padding and
+    timesteps restart there, exactly as if each episode were cut on its own."""
+    rng = np.random.default_rng(1)
+    lengths = [5, 2, 7]
+    episodes = [(rng.normal(size=(n, 2)), rng.normal(size=(n, 1)), rng.normal(size=n)) for n in lengths]
+    s = spec(K=4, max_ep_len=6, rtg_scale=3.0, mean=(0.5, -0.5), std=(2.0, 3.0))
+    flat = [np.concatenate(parts) for parts in zip(*episodes)]
+    first = np.cumsum([0] + lengths[:-1])
+    ends = np.concatenate([start + np.arange(n) for start, n in zip(first, lengths)])
+    starts = np.repeat(first, lengths)
+    order = rng.permutation(len(ends))
+    together = build_windows(s, *flat, ends[order], starts[order])
+    alone = [build_windows(s, *episode, np.arange(n)) for episode, n in zip(episodes, lengths)]
+    for key, value in together.items():
+        np.testing.assert_array_equal(value, np.concatenate([w[key] for w in alone])[order], err_msg=key)
+
+
 def test_discrete_actions_stay_integers():
     w = build_windows(spec(K=2), np.zeros((3, 1)), np.array([2, 1, 0]), np.zeros(3), ends=[2])
     assert w["actions"].dtype == np.int64
@@ -203,6 +221,24 @@ def test_pipeline_windows_equal_build_windows_on_each_episode(ray_local, tmp_pat
         picked = picked[np.argsort(last[picked, 1])]
         for key in expected:
             np.testing.assert_allclose(rows[key][picked], expected[key], rtol=1e-6)
+
+
+def test_training_windows_come_shuffled_across_episodes_anew_each_epoch(ray_local, tmp_path):
+    """Blocks of consecutive steps of a few episodes make SGD batches too correlated to learn
+    well: within a read, windows come in a random order (no local shuffle buffer here), which
+    is reproducible for a seed and differs between epochs."""
+    make_dataset(tmp_path / "ds", n_episodes=40, steps_per_file=10_000)  # one file, one read
+    config = DataConfig(paths=[str(tmp_path / "ds")], context_len=3, val_fraction=0.0, normalize_states=False,
+                        shuffle_files=False)
+
+    def epoch_order(dataset):
+        return [tuple(row) for row in dataset.take_batch(10_000, batch_format="numpy")["states"][:, -1, :2]]
+
+    data = build_training_data(config, seed=0)
+    first, second = epoch_order(data.train), epoch_order(data.train)
+    assert sorted(first) == sorted(second) and first != second
+    assert len({episode for episode, _ in first[:32]}) >= 16  # one batch spans many episodes
+    assert epoch_order(build_training_data(config, seed=0).train) == first
 
 
 def test_two_workers_stream_disjoint_equal_shards_on_two_cpus(ray_local, tmp_path):

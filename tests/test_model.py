@@ -210,6 +210,19 @@ def test_acting_reads_the_last_step_of_the_full_forward(case):
         torch.testing.assert_close(acted, model.to_env(torch.tanh(mean)), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("conditioned", [True, False])
+def test_returns_to_go_reach_the_actions_only_when_return_conditioned(conditioned):
+    """return_conditioned=false is behaviour cloning with the same network: R̂ is hidden."""
+    torch.manual_seed(0)
+    model = make_model("deterministic")
+    model.config.return_conditioned = conditioned
+    model.eval()
+    batch = make_batch("deterministic")
+    other = dict(batch, returns_to_go=batch["returns_to_go"] + 3.0 * batch["mask"])
+    changed = not torch.allclose(outputs(model, batch), outputs(model, other))
+    assert changed == conditioned
+
+
 def test_auto_amp_uses_bf16_only_where_it_pays(monkeypatch):
     """bf16 on CPUs without native bf16 is emulated and many times slower than fp32."""
     from dtray import model as model_module

@@ -1,0 +1,268 @@
+"""Score table: the Decision Transformer against behaviour cloning on every built-in dataset.
+
+For each dataset (env x tier), method and seed, one run of the whole pipeline: the built-in
+dataset (collected once, seed 0), ``dtray train`` with that env's shipped config
+(``configs/<env>.yaml``, its ``train.max_steps`` is the budget unless ``--steps`` says
+otherwise), then the actor-pool evaluation of the checkpoint ``dtray train`` picks, with
+``--episodes`` episodes per target. Methods differ only in the overrides below:
+
+* ``dt``: the config as shipped; evaluated at the auto targets (0.1/0.5/0.9 quantiles of the
+  dataset's returns, its max, and one beyond);
+* ``bc``: the same network, trained on the same data, with the return hidden from it
+  (``model.return_conditioned=false``): plain behaviour cloning, acting with its mean or
+  most likely action (its best case); one target, since it ignores it.
+
+Each finished run is appended to ``<out>/quality_runs.csv`` (a rerun skips the runs it holds,
+so a long table can be stopped and continued), and the report is rebuilt from that file: a
+markdown table (mean ± sample std over seeds) written between the markers in
+``docs/results.md`` (or to ``<out>/results.md``), and ``<out>/scores.png``.
+
+Per dataset and method: the normalised score at the best target, Spearman's rank correlation
+between the targets inside the dataset's return range and the mean returns achieved there
+(calibration; undefined when either side is constant), and the dataset's own mean and max
+normalised return.
+
+    python benchmarks/bench_quality.py                       # every dataset, 3 seeds (hours on 2 cores)
+    python benchmarks/bench_quality.py --datasets pendulum-medium-expert --seeds 0 1 2
+    python benchmarks/bench_quality.py --report              # rebuild the report from the runs file
+    python benchmarks/bench_quality.py --quick --out /tmp/q  # one tiny dataset, one seed (the test suite)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dtray import config as cfg
+from dtray.cli import connect
+from dtray.collect import TIERS, collect, list_datasets, parse_name
+from dtray.describe import episode_returns
+from dtray.evaluate import best_targets, evaluate_checkpoints
+from dtray.train import best_checkpoint, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = {"dt": [], "bc": ["model.return_conditioned=false", "eval.deterministic=true"]}
+RUN_KEYS = ["dataset", "method", "seed", "steps"]
+TABLE_START, TABLE_END = "<!-- score-table:start -->", "<!-- score-table:end -->"
+QUICK = {"dataset": "pendulum-medium-expert", "episodes": 40, "steps": 40,
+         "overrides": ["train.warmup_steps=10", "train.checkpoint_every=40", "train.log_every=20",
+                       "model.embed_dim=32", "model.n_layer=1"]}
+
+
+def ensure_dataset(name: str, data_dir: Path, episodes: int | None = None) -> Path:
+    path = data_dir / name
+    if not path.exists():
+        collect(name, path, seed=0, episodes=episodes)
+    return path
+
+
+def run_config(dataset: str, path: Path, method: str, seed: int, args, storage: str = "runs") -> cfg.Config:
+    """The env's shipped config, pointed at the dataset, with the method's and the user's overrides."""
+    env, _ = parse_name(dataset)
+    overrides = [f"data.paths=[{path}]", f"train.seed={seed}", f"run.storage_path={storage}",
+                 f"run.name={dataset}-{method}-seed{seed}", *METHODS[method], *args.overrides]
+    if args.steps:
+        overrides.append(f"train.max_steps={args.steps}")
+    return cfg.load(ROOT / "configs" / f"{env}.yaml", overrides)
+
+
+def spearman(targets: np.ndarray, achieved: np.ndarray) -> float:
+    """Rank correlation (average ranks for ties); NaN when either side is constant."""
+    if len(targets) < 2 or np.ptp(targets) == 0 or np.ptp(achieved) == 0:
+        return float("nan")
+    return float(pd.Series(targets).rank().corr(pd.Series(achieved).rank()))
+
+
+def run_once(dataset: str, path: Path, method: str, seed: int, args, storage: str) -> dict:
+    config = run_config(dataset, path, method, seed, args, storage)
+    info, _, returns, _ = episode_returns(str(path))
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # progress lines and the eval table are not the point
+        result = fit(config)
+        trained = time.perf_counter()
+        eval_config = dataclasses.replace(  # behaviour cloning ignores the target: one is enough
+            config.eval, episodes=args.episodes, seeds=[seed], out=os.path.join(storage, "eval"),
+            targets="auto" if config.model.return_conditioned else [float(returns.max())])
+        summary = evaluate_checkpoints([best_checkpoint(result).path], eval_config, progress=False).summary
+    evaluated = time.perf_counter()
+    best = best_targets(summary).iloc[0]
+    inside = summary[summary["target"] <= returns.max()]
+    return {
+        "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
+        "best_score": float(best["score_mean"]), "best_target": float(best["target"]),
+        "best_return": float(best["return_mean"]),
+        "spearman": spearman(inside["target"].to_numpy(), inside["return_mean"].to_numpy()),
+        "targets": json.dumps([round(float(t), 3) for t in summary["target"]]),
+        "returns": json.dumps([round(float(r), 3) for r in summary["return_mean"]]),
+        "data_mean_score": float(info.normalized_score(returns.mean())),
+        "data_max_score": float(info.normalized_score(returns.max())),
+        "train_s": trained - start, "eval_s": evaluated - trained, "episodes": args.episodes,
+        "date": date.today().isoformat(), "commit": _commit(),
+    }
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def write_csv(runs: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    runs.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, steps, method): mean and sample std over seeds."""
+    grouped = runs.groupby(["dataset", "steps", "method"], sort=False)
+    table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
+                        spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
+                        data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
+                        wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
+    table["wall_s"] += table.pop("eval_s")
+    order = {name: i for i, name in enumerate(list_datasets())}
+    return table.sort_values(["steps", "dataset"], key=lambda c: c.map(order) if c.name == "dataset" else c)
+
+
+def _pm(mean: float, std: float, digits: int = 1) -> str:
+    if np.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = []
+    for steps, rows in table.groupby("steps", sort=True):
+        lines += [f"Budget: {steps:,} training steps per run.", "",
+                  "| dataset | DT score | BC score | DT Spearman | dataset mean / max | seeds | wall s (DT) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for dataset, group in rows.groupby("dataset", sort=False):
+            by = {row.method: row for row in group.itertuples()}
+            dt, bc = by.get("dt"), by.get("bc")
+            ref = dt or bc
+            lines.append(
+                f"| {dataset} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} | "
+                f"{_pm(dt.spearman, dt.spearman_std, 2) if dt else '–'} | {ref.data_mean:.1f} / {ref.data_max:.1f} | "
+                f"{ref.seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    steps = table["steps"].max()  # the longest budget
+    rows = table[table["steps"] == steps]
+    datasets = list(dict.fromkeys(rows["dataset"]))
+    x = np.arange(len(datasets))
+    fig = Figure(figsize=(max(6.0, 0.55 * len(datasets) + 2), 4.5), layout="constrained")
+    ax = fig.subplots()
+    methods = list(dict.fromkeys(rows["method"]))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        part = rows[rows["method"] == method].set_index("dataset").reindex(datasets)
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, part["score"], width, yerr=part["score_std"].fillna(0),
+               capsize=2, label=method.upper())
+    data = rows.drop_duplicates("dataset").set_index("dataset").reindex(datasets)
+    ax.scatter(x, data["data_mean"], marker="_", s=200, color="black", zorder=3, label="dataset mean")
+    ax.axhline(100, color="0.4", lw=0.8, ls="--")
+    ax.set_xticks(x, datasets, rotation=60, ha="right", fontsize="small")
+    ax.set(ylabel="normalised score at best target (mean ± std over seeds)",
+           title=f"dtray score table ({steps:,} steps per run)")
+    ax.legend(fontsize="small")
+    fig.savefig(path, format="png", dpi=100)
+
+
+def write_report(runs: pd.DataFrame, out: Path, doc: Path | None) -> None:
+    table = summarise(runs)
+    text = markdown(table)
+    plot(table, out / "scores.png")
+    if doc is not None and doc.exists() and TABLE_START in doc.read_text():
+        before, rest = doc.read_text().split(TABLE_START, 1)
+        after = rest.split(TABLE_END, 1)[1]
+        doc.write_text(f"{before}{TABLE_START}\n{text}\n{TABLE_END}{after}")
+    else:
+        (out / "results.md").write_text(text)
+    print(text)
+
+
+# --- entry ------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=None, help="default: every built-in dataset")
+    parser.add_argument("--tiers", nargs="+", default=list(TIERS), choices=TIERS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="training steps; default: the env config's")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per target")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md",
+                        help="markdown file whose score-table markers receive the table")
+    parser.add_argument("--report", action="store_true", help="only rebuild the report from the runs file")
+    parser.add_argument("--quick", action="store_true", help="one tiny dataset, one seed, few steps")
+    parser.add_argument("--address", default="local")
+    parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.datasets, args.seeds, args.steps, args.episodes = [QUICK["dataset"]], [0], QUICK["steps"], 2
+        args.overrides = QUICK["overrides"] + args.overrides
+        args.doc = None
+    return args
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_file = args.out / "quality_runs.csv"
+    runs = pd.read_csv(runs_file) if runs_file.exists() else pd.DataFrame(columns=RUN_KEYS)
+    if not args.report:
+        datasets = args.datasets or [d for d in list_datasets() if parse_name(d)[1] in args.tiers]
+        connect(args.address)
+        data_dir = args.data_dir if not args.quick else args.out / "data"
+        done = {tuple(row) for row in runs[RUN_KEYS].astype(str).itertuples(index=False)}
+        for dataset in datasets:
+            path = ensure_dataset(dataset, data_dir, QUICK["episodes"] if args.quick else None)
+            for seed in args.seeds:
+                for method in args.methods:
+                    steps = run_config(dataset, path, method, seed, args).train.max_steps
+                    if (dataset, method, str(seed), str(steps)) in done:
+                        continue
+                    storage = tempfile.mkdtemp(prefix="dtray-quality-")
+                    try:
+                        row = run_once(dataset, path, method, seed, args, storage)
+                    finally:
+                        shutil.rmtree(storage, ignore_errors=True)
+                    print(f"{dataset} {method} seed {seed}: score {row['best_score']:.1f} at target "
+                          f"{row['best_target']:.1f}, Spearman {row['spearman']:.2f}, "
+                          f"{row['train_s'] + row['eval_s']:.0f} s", flush=True)
+                    runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
+                    write_csv(runs, runs_file)
+    if len(runs):
+        write_report(runs, args.out, args.doc)
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""benchmarks/bench_quality.py: the score table's whole path (collect, train, evaluate, report)
+on a tiny dataset, its resumable runs file, and its calibration statistic."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spearman_ranks_with_ties_and_is_undefined_for_constant_sides(bench):
+    assert bench.spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0])) == pytest.approx(0.5)
+    assert bench.spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 5.0, 6.0, 7.0])) == pytest.approx(
+        np.corrcoef([1, 2, 3, 4], [1.5, 1.5, 3, 4])[0, 1])
+    assert np.isnan(bench.spearman(np.array([1.0, 2.0]), np.array([500.0, 500.0])))
+    assert np.isnan(bench.spearman(np.array([1.0]), np.array([2.0])))
+
+
+@pytest.mark.slow
+def test_quick_table_trains_evaluates_and_reports_each_method_once(bench, ray_local, tmp_path):
+    runs = bench.main(["--quick", "--out", str(tmp_path)])
+    assert sorted(runs["method"]) == ["bc", "dt"]
+    assert (runs["dataset"] == "pendulum-medium-expert").all() and (runs["steps"] == bench.QUICK["steps"]).all()
+    for column in ("best_score", "best_return", "data_mean_score", "data_max_score", "train_s", "eval_s"):
+        assert np.isfinite(runs[column].astype(float)).all(), column
+    dt = runs[runs["method"] == "dt"].iloc[0]
+    assert len(json.loads(dt["targets"])) == 5  # the auto targets; behaviour cloning needs one
+    assert len(json.loads(runs[runs["method"] == "bc"].iloc[0]["targets"])) == 1
+
+    saved = pd.read_csv(tmp_path / "quality_runs.csv")
+    assert len(saved) == 2
+    report = (tmp_path / "results.md").read_text()
+    assert "| pendulum-medium-expert |" in report and "Budget: 40 training steps" in report
+    assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = bench.main(["--quick", "--out", str(tmp_path)])  # a rerun skips the runs it holds
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), saved, check_dtype=False)
+
+
+def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, tmp_path):
+    runs = pd.DataFrame([
+        {"dataset": "cartpole-medium", "method": method, "seed": seed, "steps": 100, "best_score": score,
+         "spearman": 0.9, "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0}
+        for method, scores in (("dt", (80.0, 90.0)), ("bc", (60.0, 70.0))) for seed, score in enumerate(scores)])
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# Results\nprose\n{bench.TABLE_START}\nold table\n{bench.TABLE_END}\nmore prose\n")
+    bench.write_report(runs, tmp_path, doc)
+    text = doc.read_text()
+    assert text.startswith("# Results\nprose\n") and text.endswith(f"{bench.TABLE_END}\nmore prose\n")
+    assert "old table" not in text
+    assert "| cartpole-medium | 85.0 ± 7.1 | 65.0 ± 7.1 | 0.90 ± 0.00 | 50.0 / 100.0 | 2 | 12 |" in text
