@@ -6,8 +6,8 @@ their length, a random start, and a Python loop that pads each window.
 
 Each measurement runs in a fresh subprocess; peak memory is the peak of the summed PSS of
 that subprocess and all of its descendants (the Ray driver, GCS, raylet, workers and the
-object store pages mapped into them), sampled every 0.1 s. The 10x dataset lists every file of
-the 1x dataset ten times (symlinks), so it holds the same episodes ten times over.
+object store pages mapped into them), sampled every 0.1 s. The 10x dataset holds every file of
+the 1x dataset ten times, with episode ids shifted per copy, so the same episodes ten times over.
 
 Memory is measured twice: while windows are drawn as fast as possible (the windows/s rows),
 and with a consumer paced like a trainer (``--pace`` windows/s), which lets the pipeline run
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 BATCH = 64
 K = 20
@@ -195,9 +197,12 @@ def make_datasets(episodes: int, root: Path) -> tuple[str, str]:
     ray.shutdown()
     ten = root / "x10"
     ten.mkdir()
-    for copy in range(10):
+    for copy in range(10):  # episode ids must stay unique (training refuses duplicates)
         for f in sorted(one.glob("*.parquet")):
-            (ten / f"c{copy}-{f.name}").symlink_to(f.resolve())
+            table = pq.read_table(f)
+            ids = pc.add(table.column("episode_id"), copy * episodes)
+            pq.write_table(table.set_column(table.schema.get_field_index("episode_id"), "episode_id", ids),
+                           ten / f"c{copy}-{f.name}")
     return str(one), str(ten)
 
 

@@ -6,7 +6,8 @@
                         plain containers only, read back with ``torch.load(weights_only=True)``
 
 Files are written into a fresh directory that Ray Train then uploads whole, so a
-checkpoint is either complete or absent.
+checkpoint is either complete or absent. Reading one never shows a library's traceback:
+a missing, truncated or mismatched file is a one-line :class:`DtrayError` naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from dtray.config import Config, from_dict
@@ -28,6 +30,7 @@ from dtray.model import DecisionTransformer
 WEIGHTS = "model.safetensors"
 META = "dtray.json"
 TRAIN_STATE = "train_state.pt"
+FORMAT_VERSION = 1  # of dtray.json and the files beside it; checkpoints without one are version 1
 
 
 def build_model(config: Config, info: DatasetInfo) -> DecisionTransformer:
@@ -58,6 +61,7 @@ def save(directory: str | Path, model: torch.nn.Module, config: Config, info: Da
     save_model(model, str(directory / WEIGHTS))
     torch.save(train_state, directory / TRAIN_STATE)
     meta = {
+        "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
         "spec": spec.to_dict(),
         "info": json.loads(info.to_json()),
@@ -75,21 +79,44 @@ def read_meta(directory: str | Path) -> tuple[Config, WindowSpec, DatasetInfo, N
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise DtrayError(f"{directory}: not a dtray checkpoint (no {META})") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DtrayError(f"{path}: corrupt checkpoint metadata: {err}") from None
-    return (
-        from_dict(meta["config"], str(path)),
-        WindowSpec.from_dict(meta["spec"]),
-        DatasetInfo.from_json(json.dumps(meta["info"])),
-        NormStats.from_dict(meta["stats"]),
-    )
+    version = meta.get("format_version", 1) if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise DtrayError(f"{path}: checkpoint format {version!r} was written by an incompatible dtray version "
+                         f"(this one reads format {FORMAT_VERSION})")
+    try:
+        return (
+            from_dict(meta["config"], str(path)),
+            WindowSpec.from_dict(meta["spec"]),
+            DatasetInfo.from_json(json.dumps(meta["info"])),
+            NormStats.from_dict(meta["stats"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise DtrayError(f"{path}: corrupt checkpoint metadata: {type(err).__name__}: {err}") from None
 
 
 def load_weights(directory: str | Path, model: torch.nn.Module) -> None:
-    missing, unexpected = load_model(model, str(Path(directory) / WEIGHTS), strict=False)
+    path = Path(directory) / WEIGHTS
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except FileNotFoundError:
+        raise DtrayError(f"{path}: missing: the checkpoint has no weights") from None
+    except (SafetensorError, OSError) as err:
+        raise DtrayError(f"{path}: truncated or not a safetensors file ({err})") from None
+    except RuntimeError as err:  # torch: tensors of other shapes than the model's
+        sizes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise DtrayError(f"{path}: weights do not fit the model of {META}: {sizes[0] if sizes else err}") from None
     if missing or unexpected:
-        raise DtrayError(f"{directory}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+        raise DtrayError(f"{path}: weights do not fit the model of {META} (missing {missing}, unexpected {unexpected})")
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any]:
-    return torch.load(Path(directory) / TRAIN_STATE, weights_only=True)
+    path = Path(directory) / TRAIN_STATE
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise DtrayError(f"{path}: missing: the checkpoint cannot resume training") from None
+    except Exception as err:  # noqa: BLE001 - damaged bytes raise whatever torch's parsers raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DtrayError(f"{path}: truncated or not a training state written by dtray ({first_line})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,18 +11,34 @@ from pathlib import Path
 from dtray.errors import DtrayError
 
 
-def connect(address: str | None = None) -> None:
+def connect(address: str | None = None, verbose: bool = False) -> None:
     """Join the cluster this process runs on (``ray submit``/``ray job submit`` set it up,
     or RAY_ADDRESS names it); otherwise start a local one. ``--address local`` always
-    starts a private local instance."""
-    import logging
-
+    starts a private local instance. Unless ``verbose``, Ray's INFO lines are off in this
+    process and in every worker of the job (:func:`quiet_ray_logs`)."""
     import ray
-    from ray.data import DataContext
+    import ray.data  # configures Ray Data's loggers, which quiet_ray_logs then adjusts
 
     if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING)
-    DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+        ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING,
+                 runtime_env=None if verbose else {"worker_process_setup_hook": quiet_ray_logs})
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()  # bars are not for logs
+    if not verbose:
+        quiet_ray_logs()
+
+
+def quiet_ray_logs() -> None:
+    """Ray's INFO lines (Train's reports and checkpoints, Ray Data's executions) off on the
+    console of this process, and the notice that progress bars are off; warnings and errors
+    stay, and Ray Data's log file keeps everything. Runs as Ray's worker_process_setup_hook
+    in every worker of the job."""
+    import ray.data  # noqa: F401 - its loggers are set up on import: after that, levels stay
+
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setLevel(logging.WARNING)
+                handler.addFilter(lambda record: not record.getMessage().startswith("Progress bars disabled"))
 
 
 def _cmd_datasets(args) -> None:
@@ -33,7 +50,7 @@ def _cmd_datasets(args) -> None:
 def _cmd_collect(args) -> None:
     from dtray.collect import collect
 
-    connect(args.address)
+    connect(args.address, args.verbose)
     files = collect(args.name, args.out, seed=args.seed, episodes=args.episodes,
                     num_workers=args.workers, overwrite=args.overwrite)
     print(f"wrote {len(files)} file(s) to {args.out}")
@@ -62,11 +79,14 @@ def _cmd_inspect(args) -> None:
 
 def _cmd_train(args) -> None:
     from dtray import config as cfg
-    from dtray.train import best_checkpoint, fit
+    from dtray.train import best_checkpoint, fit, resume_config
 
-    config = cfg.load(args.config, args.overrides)
-    connect(args.address)
-    result = fit(config)
+    if args.resume:
+        config = resume_config(args.resume, args.config, args.overrides)
+    else:
+        config = cfg.load(args.config, args.overrides)
+    connect(args.address, args.verbose)
+    result = fit(config, verbose=args.verbose)
     best = best_checkpoint(result)
     metrics = result.metrics or {}
     nan = float("nan")
@@ -83,12 +103,12 @@ def _cmd_demo(args) -> None:
     from dtray.train import best_checkpoint, fit
 
     config = cfg.load(args.config, args.overrides)
-    connect(args.address)
+    connect(args.address, args.verbose)
     dataset = Path(config.data.paths[0])
     if not dataset.exists():
         print(f"collecting {args.dataset} into {dataset} ...")
         collect(args.dataset, dataset, seed=config.train.seed)
-    result = fit(config)
+    result = fit(config, verbose=args.verbose)
     best = best_checkpoint(result)
     print(f"checkpoint: {best.path}")
     evaluate_checkpoints([best.path], config.eval)
@@ -97,20 +117,23 @@ def _cmd_demo(args) -> None:
 def _cmd_evaluate(args) -> None:
     from dtray import config as cfg
     from dtray.evaluate import evaluate_checkpoints
+    from dtray.policy import load_policy
 
     config = cfg.load(args.config, args.overrides)
     for field in ("targets", "envs", "seeds", "episodes", "num_actors", "out"):
         value = getattr(args, field)
         if value is not None:
             setattr(config.eval, field, value)
-    connect(args.address)
+    for path in args.checkpoint:  # a broken checkpoint fails here, before a cluster starts
+        load_policy(path)
+    connect(args.address, args.verbose)
     evaluate_checkpoints(args.checkpoint, config.eval)
 
 
 def _cmd_tune(args) -> None:
     from dtray.tune import run_search
 
-    connect(args.address)
+    connect(args.address, args.verbose)
     run_search(args.config, resume=args.resume, overrides=args.overrides)
 
 
@@ -134,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--address", default=os.environ.get("DTRAY_RAY_ADDRESS"),
                            help="Ray address; default: the cluster this runs on, else a new local one; "
                                 "'local' forces a new local instance")
+            p.add_argument("--verbose", action="store_true", help="show Ray's INFO logs too")
         return p
 
     datasets = command("datasets", _cmd_datasets, "built-in datasets")
@@ -179,15 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["demo"].add_argument("--dataset", default="pendulum-medium-expert",
                                      help="built-in dataset collected when data.paths[0] is missing")
     sub.choices["tune"].add_argument("--resume", action="store_true", help="continue a stopped search")
+    sub.choices["train"].add_argument("--resume", metavar="RUN_DIR", default=None,
+                                      help="continue the run in RUN_DIR (e.g. after its driver died) from its "
+                                           "latest checkpoint, with the config it started with")
     return parser
 
 
 def user_error(err: BaseException) -> DtrayError | None:
-    """Find a DtrayError behind Ray's wrappers (task errors, training failures)."""
+    """Find a DtrayError behind Ray's wrappers (task errors, training failures). A task's
+    error is also an instance of its cause's class, with the remote traceback as its text:
+    the cause itself is the one-line message."""
+    from ray.exceptions import RayError
+
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, DtrayError):
+        if isinstance(err, DtrayError) and not isinstance(err, RayError):
             return err
         cause = getattr(err, "cause", None)
         err = cause if isinstance(cause, BaseException) else (err.__cause__ or err.__context__)

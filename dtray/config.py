@@ -160,19 +160,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Load a YAML run config (or the defaults) and apply overrides."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise DtrayError(f"{path}: no such config file") from None
-        except yaml.YAMLError as err:
-            raise DtrayError(f"{path}: invalid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise DtrayError(f"{path}: expected a mapping of sections at top level")
+    if path is None:
+        return loads("", overrides, "defaults")
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise DtrayError(f"{path}: no such config file") from None
+    return loads(text, overrides, str(path))
+
+
+def loads(text: str, overrides: list[str] = (), source: str = "config") -> Config:
+    """A run config from YAML text, with overrides; ``source`` names it in errors."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise DtrayError(f"{source}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise DtrayError(f"{source}: expected a mapping of sections at top level")
     return from_dict(apply_overrides(data, list(overrides)), source)
+
+
+def differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """``section.key`` -> (value in a, value in b), for every key whose values differ."""
+    flat_a, flat_b = (_flatten(_plain(c.to_dict())) for c in (a, b))
+    return {key: (flat_a[key], flat_b[key]) for key in flat_a if flat_a[key] != flat_b[key]}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def dumps(config: Config) -> str:

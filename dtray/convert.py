@@ -60,7 +60,7 @@ def convert(
         episodes, info = steps_episodes(target, env_id, use_ray)
     else:
         raise DtrayError(f"{source}: unknown source; expected minari:<dataset_id> or steps:<path>")
-    return write_dataset(episodes, info, out_dir, overwrite=overwrite)
+    return write_dataset(episodes, info, out_dir, overwrite=overwrite, source=source)
 
 
 def env_info(env_id: str, **fields) -> DatasetInfo:

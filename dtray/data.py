@@ -23,9 +23,11 @@ import pyarrow as pa
 
 from dtray.config import DataConfig
 from dtray.errors import DtrayError
-from dtray.format import DatasetInfo, read_info, resolve_files, rows_to_episodes
+from dtray.format import REQUIRED_COLUMNS, DatasetInfo, resolve_files, rows_to_episodes
+from dtray.validate import check_episodes, check_files, check_unique_ids
 
 WINDOW_KEYS = ("states", "actions", "returns_to_go", "timesteps", "mask")
+PATH_COLUMN = "path"  # Ray Data's name for the file a row was read from
 
 
 @dataclass(frozen=True)
@@ -239,25 +241,34 @@ class NormStats:
         return cls(**data)
 
 
-def _summarise_episodes(batch, info: DatasetInfo, config: DataConfig, seed: int) -> dict[str, np.ndarray]:
-    """One row per episode: return, length, split, and state sums for mean/std."""
+def _summarise_episodes(batch: pa.Table, info: DatasetInfo, config: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """One row per episode: return, length, split, and state sums for mean/std.
+
+    This pass reads every episode before training starts, so it also checks them. A bad
+    episode is not raised here, where Ray would bury the message in pages of its own
+    traceback, but returned as the batch's only row, in the ``error`` column, for
+    :func:`compute_stats` to raise as one line naming the file, episode and field."""
+    paths = batch.column(PATH_COLUMN).to_numpy(zero_copy_only=False)
+    width = info.obs_shape[0] if len(info.obs_shape) == 1 else 0  # no state statistics for images
+    try:
+        for path in np.unique(paths):
+            check_episodes(str(path), batch.filter(pa.array(paths == path)), info)
+    except DtrayError as err:
+        return {"episode_id": np.zeros(1, np.int64), "path": paths[:1], "length": np.zeros(1, np.int64),
+                "ret": np.zeros(1), "val": np.ones(1, bool), "state_sum": np.zeros((1, width)),
+                "state_sumsq": np.zeros((1, width)), "error": np.array([str(err)])}
     episodes = list(rows_to_episodes(batch, info))
-    vector_obs = len(info.obs_shape) == 1
-    width = info.obs_shape[0] if vector_obs else 0
     ids = np.array([e.episode_id for e in episodes], dtype=np.int64)
-    sums = np.zeros((len(episodes), width))
-    sumsq = np.zeros((len(episodes), width))
-    for i, episode in enumerate(episodes):
-        if vector_obs:
-            obs = episode.observations.astype(np.float64)
-            sums[i], sumsq[i] = obs.sum(0), np.square(obs).sum(0)
+    observations = [e.observations.reshape(e.length, -1)[:, :width].astype(np.float64) for e in episodes]
     return {
         "episode_id": ids,
+        "path": paths,
         "length": np.array([e.length for e in episodes], dtype=np.int64),
         "ret": np.array([returns_to_go(e.rewards, config.gamma)[0] for e in episodes]),
         "val": is_validation(ids, config.val_fraction, seed),
-        "state_sum": sums,
-        "state_sumsq": sumsq,
+        "state_sum": np.array([obs.sum(0) for obs in observations]).reshape(len(episodes), width),
+        "state_sumsq": np.array([np.square(obs).sum(0) for obs in observations]).reshape(len(episodes), width),
+        "error": np.full(len(episodes), ""),
     }
 
 
@@ -286,19 +297,20 @@ def _parquet_read_env():
 
 
 def read_dataset(paths: list[str], columns: list[str], seed: int | None = None):
-    """Episode rows as a lazy Ray Dataset, reading only ``columns``; file order shuffled
-    afresh each epoch when a seed is given."""
+    """Episode rows as a lazy Ray Dataset, reading only ``columns`` (PATH_COLUMN: each row's
+    file); file order shuffled afresh each epoch when a seed is given."""
     import ray.data
 
     filesystem, files = resolve_files(paths)
     shuffle = ray.data.FileShuffleConfig(seed=seed) if seed is not None else None
     with _parquet_read_env():
-        return ray.data.read_parquet(files, filesystem=filesystem, shuffle=shuffle).select_columns(columns)
+        return ray.data.read_parquet(files, filesystem=filesystem, shuffle=shuffle,
+                                     include_paths=PATH_COLUMN in columns).select_columns(columns)
 
 
 def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats:
-    """Distributed pass over observations and rewards; only per-episode sums reach the driver."""
-    summary_rows = read_dataset(config.paths, ["episode_id", "observations", "rewards"]).map_batches(
+    """Distributed pass over every episode (checked on the way); only per-episode sums reach the driver."""
+    summary_rows = read_dataset(config.paths, [*REQUIRED_COLUMNS, PATH_COLUMN]).map_batches(
         _summarise_episodes,
         fn_kwargs={"info": info, "config": config, "seed": seed},
         batch_format="pyarrow",
@@ -306,6 +318,9 @@ def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats
     )
     parts = list(summary_rows.iter_batches(batch_format="numpy", batch_size=None))
     summary = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    if errors := [error for error in summary["error"] if error]:
+        raise DtrayError(errors[0])
+    check_unique_ids([(path, summary["episode_id"][summary["path"] == path]) for path in np.unique(summary["path"])])
     train = ~summary["val"]
     if not train.any():
         raise DtrayError(f"{config.paths}: no training episodes left after val_fraction={config.val_fraction}")
@@ -384,10 +399,13 @@ def _cut_windows(batch: pa.Table, info: DatasetInfo, spec: WindowSpec, config: D
 
     Runs fused with the Parquet read on whole read batches (``batch_size=None``), so episodes
     never wait in the object store. The batch's episodes are laid back to back and its
-    training windows are cut in a random order, drawn afresh each epoch: every block then
-    mixes windows from all the episodes of the batch. Blocks of consecutive steps of a few
-    episodes made SGD batches so correlated that learning slowed (Pendulum medium-expert,
-    2,000 steps: normalised score ~75 instead of ~97 with independent windows). The windows
+    training windows are cut in a random order: every block then mixes windows from all the
+    episodes of the batch. Blocks of consecutive steps of a few episodes made SGD batches so
+    correlated that learning slowed (Pendulum medium-expert, 2,000 steps: normalised score
+    ~70 instead of ~97 with independent windows). The order depends on the seed and the
+    batch's episodes, not on the epoch, so that a run restarted by a new driver (which
+    counts epochs from 0 again) sees the same stream; each epoch still mixes differently in
+    the trainer's local shuffle buffer, which is seeded by the trainer's epoch. The windows
     are yielded WINDOW_BLOCK_BYTES at a time, so that a task holds one block of them at
     once (windows are ~K times the size of their episodes). A generator also lets a batch
     without windows (no episode of this split, or none that ``top_percent`` keeps) yield no
@@ -411,7 +429,7 @@ def _cut_windows(batch: pa.Table, info: DatasetInfo, spec: WindowSpec, config: D
         return
     ends, starts = np.concatenate(ends), np.concatenate(starts)
     if split == "train":
-        order = np.random.default_rng([seed, epoch, episodes[0].episode_id]).permutation(count)
+        order = np.random.default_rng([seed, episodes[0].episode_id, count]).permutation(count)
         ends, starts = ends[order], starts[order]
     arrays = [np.concatenate([getattr(e, name) for e in episodes]) for name in ("observations", "actions")]
     rtg = np.concatenate(rtgs)
@@ -444,11 +462,18 @@ class TrainingData:
     stats: NormStats
 
 
+def check_dataset(config: DataConfig) -> NormStats:
+    """Every check training makes before it starts (files, then every episode in the
+    distributed statistics pass), for commands that start many trainings (``dtray tune``)."""
+    _, _, info = check_files(config.paths)
+    return compute_stats(config, info, seed=0)
+
+
 def build_training_data(config: DataConfig, seed: int) -> TrainingData:
     """Statistics pass, then two lazy window pipelines (train, validation) over the files."""
     if not config.paths:
         raise DtrayError("data.paths is empty: point it at a dataset directory (dtray collect ...)")
-    info = read_info(config.paths)
+    _, _, info = check_files(config.paths)
     stats = compute_stats(config, info, seed)
     spec = WindowSpec.from_config(config, stats)
     columns = ["episode_id", "observations", "actions", "rewards"]

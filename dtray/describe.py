@@ -3,7 +3,7 @@
 A return-conditioned model trained with Boltzmann sampling sees episode tau with
 probability ``p(tau) = exp(G(tau)/alpha) / Z(alpha)``. ``log Z`` and the effective sample
 size of these weights say how many episodes really shape training at a temperature alpha.
-Only the ``rewards`` column is read, so this is cheap even on big datasets.
+The dataset is validated in the same pass (``dtray validate``'s checks).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dtray.data import boltzmann_weights, effective_sample_size, log_partition
-from dtray.format import DatasetInfo, read_file_info, resolve_files
-from dtray.validate import list_rows
+from dtray.format import DatasetInfo
+from dtray.validate import list_rows, validate
 
 ALPHA_MULTIPLES = (0.1, 0.3, 1.0, 3.0, 10.0)  # default temperatures, in units of std(G)
 QUANTILES = (0.25, 0.5, 0.75)
@@ -35,17 +34,20 @@ class Summary:
 
 
 def episode_returns(paths: str | list[str]) -> tuple[DatasetInfo, int, np.ndarray, np.ndarray]:
-    """Metadata, file count, and each episode's return and length, reading only rewards."""
-    filesystem, files = resolve_files(paths)
-    returns, lengths = [], []
-    for path in files:
-        for batch in pq.ParquetFile(path, filesystem=filesystem).iter_batches(columns=["rewards"]):
-            rewards = batch.column(0)
-            values, rows = list_rows(rewards)
-            weights = values.to_numpy(zero_copy_only=False).astype(np.float64)
-            returns.append(np.bincount(rows, weights=weights, minlength=len(rewards)))
-            lengths.append(pc.list_value_length(rewards).to_numpy(zero_copy_only=False))
-    return read_file_info(filesystem, files[0]), len(files), np.concatenate(returns), np.concatenate(lengths)
+    """Metadata, file count, and each episode's return and length, read in the same pass
+    that validates the dataset: a summary of bad data would mislead."""
+    returns, lengths, files = [], [], set()
+
+    def visit(path: str, batch) -> None:
+        rewards = batch.column("rewards")
+        values, rows = list_rows(rewards)
+        weights = values.to_numpy(zero_copy_only=False).astype(np.float64)
+        returns.append(np.bincount(rows, weights=weights, minlength=len(rewards)))
+        lengths.append(pc.list_value_length(rewards).to_numpy(zero_copy_only=False))
+        files.add(path)
+
+    info = validate(paths, visit)
+    return info, len(files), np.concatenate(returns), np.concatenate(lengths)
 
 
 def summarize(paths: str | list[str], alphas: list[float] | None = None) -> Summary:

@@ -146,11 +146,14 @@ def write_dataset(
     out_dir: str | Path,
     steps_per_file: int = 100_000,
     overwrite: bool = False,
+    source: str | None = None,
 ) -> list[Path]:
     """Write episodes as Parquet files under ``out_dir`` atomically.
 
-    Files go to a hidden sibling directory first, which is renamed into place only once
-    every file is complete, so a crash never leaves a half-written dataset behind.
+    Every file's episodes pass :func:`dtray.validate.check_episodes` first (errors name
+    ``source``, default the file being written). Files go to a hidden sibling directory, which
+    is renamed into place only once every file is complete and valid, so a crash or a bad
+    episode never leaves a half-written dataset behind.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -168,10 +171,10 @@ def write_dataset(
             chunk.append(episode)
             chunk_steps += episode.length
             if chunk_steps >= steps_per_file:
-                names.append(_write_chunk(chunk, info, tmp_dir, len(names)))
+                names.append(_write_chunk(chunk, info, tmp_dir, len(names), source))
                 chunk, chunk_steps = [], 0
         if chunk or not names:
-            names.append(_write_chunk(chunk, info, tmp_dir, len(names)))
+            names.append(_write_chunk(chunk, info, tmp_dir, len(names), source))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)
@@ -181,9 +184,13 @@ def write_dataset(
     return [out_dir / name for name in names]
 
 
-def _write_chunk(chunk: list[Episode], info: DatasetInfo, directory: Path, index: int) -> str:
+def _write_chunk(chunk: list[Episode], info: DatasetInfo, directory: Path, index: int, source: str | None) -> str:
+    from dtray.validate import check_episodes  # validate imports this module
+
     name = f"part-{index:05d}.parquet"
-    pq.write_table(episodes_to_table(chunk, info), directory / name)
+    table = episodes_to_table(chunk, info)
+    check_episodes(source or name, table, info)
+    pq.write_table(table, directory / name)
     return name
 
 

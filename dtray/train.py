@@ -7,6 +7,7 @@ everything needed to act (weights, config, window spec, dataset info and statist
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -16,13 +17,14 @@ from datetime import datetime
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
 from dtray import checkpoint
-from dtray.config import Config, TrainConfig, from_dict
+from dtray.config import Config, TrainConfig, differences, dumps, from_dict, load, loads
 from dtray.data import NormStats, WindowSpec, build_training_data, execution_options
 from dtray.errors import DtrayError
 from dtray.format import DatasetInfo
@@ -189,6 +191,8 @@ class Trainer:
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
+    if not loop_config["verbose"]:  # Train logs each report's dict at INFO through the root logger
+        logging.getLogger().setLevel(logging.WARNING)
     config = from_dict(loop_config["config"])
     trainer = Trainer(
         config,
@@ -239,17 +243,64 @@ def _storage_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def fit(config: Config, *, callbacks: Sequence[Any] = (), run_name: str | None = None) -> ray.train.Result:
-    """Train on the Ray cluster this process is connected to (``ray.init()`` first)."""
+# --- resuming a run whose driver died -------------------------------------------------------
+
+RUN_CONFIG = "dtray-run.yaml"  # the config a run started with, next to Ray Train's own state
+RESUME_MAY_CHANGE = {"run.storage_path", "run.name", "run.max_failures", "run.num_to_keep"}
+
+
+def _run_config_file(run_dir: str) -> tuple[pafs.FileSystem, str]:
+    filesystem, path = pafs.FileSystem.from_uri(_storage_path(run_dir))
+    return filesystem, f"{path.rstrip('/')}/{RUN_CONFIG}"
+
+
+def save_run_config(config: Config, run_dir: str) -> None:
+    """Keep a fresh run's config in its directory (atomically), for ``--resume``."""
+    filesystem, path = _run_config_file(run_dir)
+    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+        return  # a resumed run keeps the config it started with
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(f"{path}.tmp") as out:
+        out.write(dumps(config).encode())
+    filesystem.move(f"{path}.tmp", path)
+
+
+def resume_config(run_dir: str, config_path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config to continue the run in ``run_dir`` with: the one it started with, with
+    ``overrides``, or the one ``config_path`` gives. Any difference that would change the
+    run (everything but where it is stored and how failures and checkpoints are kept) is
+    refused: a resumed run must compute what the uninterrupted run would have."""
+    filesystem, path = _run_config_file(run_dir)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            text = stream.read().decode()
+    except (FileNotFoundError, OSError):
+        raise DtrayError(f"{run_dir}: not a dtray run directory (no {RUN_CONFIG})") from None
+    saved = loads(text, source=path)
+    wanted = load(config_path, overrides) if config_path else loads(text, overrides, path)
+    changed = {key: values for key, values in differences(saved, wanted).items() if key not in RESUME_MAY_CHANGE}
+    if changed:
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items()))
+        raise DtrayError(f"{run_dir}: a resumed run must keep the config it started with; changed: {listed}")
+    wanted.run.storage_path, wanted.run.name = os.path.split(_storage_path(run_dir).rstrip("/"))
+    return wanted
+
+
+def fit(config: Config, *, callbacks: Sequence[Any] = (), run_name: str | None = None,
+        verbose: bool = False) -> ray.train.Result:
+    """Train on the Ray cluster this process is connected to (``ray.init()`` first). Ray
+    Train's INFO lines (a dump of every report, checkpoint notices) only when ``verbose``:
+    the progress line of each report says what matters."""
     _check_resources(config)
     data = build_training_data(config.data, seed=config.train.seed)
     name = run_name or config.run.name or f"dtray-{data.info.env_id}-{datetime.now():%Y%m%d-%H%M%S}"
     rc = config.run
+    save_run_config(config, f"{_storage_path(rc.storage_path).rstrip('/')}/{name}")
     resources = {"CPU": rc.cpus_per_worker, **({"GPU": 1} if rc.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": config.to_dict(), "info": data.info.to_json(),
-                           "spec": data.spec.to_dict(), "stats": data.stats.to_dict()},
+                           "spec": data.spec.to_dict(), "stats": data.stats.to_dict(), "verbose": verbose},
         scaling_config=ray.train.ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -259,6 +310,7 @@ def fit(config: Config, *, callbacks: Sequence[Any] = (), run_name: str | None =
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=rc.num_to_keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
             failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
         # validation is bounded by data.val_max_windows: materialise it once, not every check,
         # and give it whole to every worker (no split coordinator, no all-reduce)

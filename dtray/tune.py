@@ -325,6 +325,8 @@ def run_search(config_path: str | Path, resume: bool = False, overrides: Sequenc
     """Run (or ``resume``) the search on the connected Ray cluster, then export its results."""
     from ray import tune
 
+    from dtray.data import check_dataset
+
     search = load_search(config_path, overrides)
     path = search.experiment_path
     exists = tune.Tuner.can_restore(path)
@@ -333,6 +335,8 @@ def run_search(config_path: str | Path, resume: bool = False, overrides: Sequenc
     if exists and not resume:
         raise DtrayError(f"{path} already holds this search: pass --resume to continue it, or name=<new name>")
     _check_resources(search)
+    if not resume:  # a bad dataset fails here once, not in every trial
+        check_dataset(cfg.from_dict(search.base, search.source).data)
     if resume:
         tuner = tune.Tuner.restore(path, trainable=_trainable(search), resume_errored=False)
     else:

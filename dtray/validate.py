@@ -3,6 +3,11 @@
 Files are streamed in record batches and every check is a vectorised numpy/pyarrow
 operation over a batch, so memory stays bounded and big datasets validate quickly. The
 first problem found raises a one-line :class:`DtrayError` naming file, episode and field.
+
+:func:`validate` checks a whole dataset (also what only spans files: metadata, column types
+and episode ids agree). :func:`check_episodes` runs the per-episode checks on any table of
+episode rows: the read paths of training (the statistics pass), ``inspect`` and every writer
+use it, so that a bad episode stops a command before it trains on it or writes it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dtray.errors import DtrayError
@@ -25,28 +31,51 @@ FLOATS = (pa.float32(), pa.float64())
 OBSERVATION_TYPES = FLOATS + (pa.uint8(),)
 
 
-def validate(paths: str | list[str]) -> DatasetInfo:
-    """Check schema, metadata and every episode of a dataset; return its metadata."""
-    filesystem, files = resolve_files(paths)
-    info = read_file_info(filesystem, files[0])
-    check_spaces(files[0], info)
-    first_schema = None
+def validate(paths: str | list[str], visit: Callable[[str, pa.RecordBatch], None] | None = None) -> DatasetInfo:
+    """Check schema, metadata and every episode of a dataset; return its metadata.
+    ``visit(path, batch)`` sees every checked batch: tools that summarise a dataset read it once."""
+    filesystem, files, info = check_files(paths)
     episode_ids = []
     for path in files:
-        parquet = pq.ParquetFile(path, filesystem=filesystem)
-        schema = parquet.schema_arrow
-        check_metadata(path, schema, files[0], info)
-        check_schema(path, schema, info)
-        if first_schema is not None:
-            check_same_types(path, schema, files[0], first_schema)
-        first_schema = first_schema or schema
-        for batch in parquet.iter_batches(batch_size=EPISODES_PER_BATCH):
+        for batch in pq.ParquetFile(path, filesystem=filesystem).iter_batches(batch_size=EPISODES_PER_BATCH):
             check_batch(path, batch, info)
+            if visit is not None:
+                visit(path, batch)
             episode_ids.append((path, batch.column("episode_id").to_numpy()))
     if not episode_ids:
         raise DtrayError(f"{paths}: the dataset holds no episodes")
     check_unique_ids(episode_ids)
     return info
+
+
+def check_files(paths: str | list[str]) -> tuple[pafs.FileSystem, list[str], DatasetInfo]:
+    """The checks that span files, from their footers alone (cheap): every file is readable
+    Parquet with the first file's metadata, the required columns and one set of column types."""
+    filesystem, files = resolve_files(paths)
+    info = read_file_info(filesystem, files[0])
+    check_spaces(files[0], info)
+    first_schema = None
+    for path in files:
+        try:
+            schema = pq.read_schema(path, filesystem=filesystem)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DtrayError(f"{path}: not a readable Parquet file ({err})") from None
+        check_metadata(path, schema, files[0], info)
+        check_schema(path, schema, info)
+        if first_schema is not None:
+            check_same_types(path, schema, files[0], first_schema)
+        first_schema = first_schema or schema
+    return filesystem, files, info
+
+
+def check_episodes(source: str, table: pa.Table | pa.RecordBatch, info: DatasetInfo) -> None:
+    """The per-episode checks (column types, nulls, lengths that agree, no empty episode,
+    finite values, shapes and action bounds from the spaces) on rows from ``source``."""
+    if isinstance(table, pa.Table):
+        table = table.combine_chunks().to_batches()[0] if table.num_rows else None
+    if table is not None:
+        check_schema(source, table.schema, info)
+        check_batch(source, table, info)
 
 
 def episode_error(path: str, episode_id, field: str, problem: str) -> DtrayError:

@@ -162,3 +162,58 @@ def test_job_submit_runs_the_pipeline_and_succeeds(ray_head, job_dir):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and f"Job '{job_id}' succeeded" in output, output[-4000:]
     check_run(runs, "job")
+
+
+def run_losses(run_dir):
+    """step -> mean loss of the report ending there, from every kept checkpoint."""
+    return {meta["step"]: meta["metrics"]["loss"]
+            for meta in (json.loads(path.read_text()) for path in run_dir.glob("*/dtray.json"))}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_run_whose_driver_died_resumes_exactly_from_the_command_line(ray_head, job_dir):
+    """The driver (a laptop that closed, a lost head) is SIGKILLed once a checkpoint is
+    registered; `pipelines/train.py --resume RUN_DIR` then finishes the run from there with
+    the losses of an uninterrupted run. A resume that would change the run is refused."""
+    runs = job_dir / "resume-runs"
+    exact = ["--config", "tiny.yaml", f"run.storage_path={runs}", "data.shuffle_files=false",
+             "data.deterministic=true", "train.max_steps=40", "run.num_to_keep=10"]
+    env = {**ray_head["env"], "RAY_ADDRESS": ray_head["address"]}
+
+    def train(*args, **popen):
+        return subprocess.Popen([sys.executable, "pipelines/train.py", *args], cwd=job_dir, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+    full = train(*exact, "run.name=full")
+    output = full.communicate(timeout=200)[0]
+    assert full.returncode == 0, output[-4000:]
+    assert "step 40/40" in output and "TrainingReport(" not in output  # dtray's progress lines, not Ray's
+
+    killed = train(*exact, "run.name=killed", start_new_session=True)
+    snapshot = runs / "killed" / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + 200
+    while time.time() < deadline and killed.poll() is None:
+        if snapshot.exists() and json.loads(snapshot.read_text() or "{}").get("checkpoint_results"):
+            break
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert not (runs / "killed" / "step-00000040").exists(), "the driver finished before it could be killed"
+
+    refused = subprocess.run([sys.executable, "pipelines/train.py", "--resume", str(runs / "killed"),
+                              "train.lr=0.5"], cwd=job_dir, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"dtray: error: {runs / 'killed'}: a resumed run must keep the config it started with; "
+        "changed: train.lr 0.0001 -> 0.5")
+
+    resumed = train("--resume", str(runs / "killed"))
+    output = resumed.communicate(timeout=200)[0]
+    assert resumed.returncode == 0, output[-4000:]
+    full_losses, resumed_losses = run_losses(runs / "full"), run_losses(runs / "killed")
+    assert set(full_losses) == set(resumed_losses) == {10, 20, 30, 40}
+    first_resumed = min(json.loads((runs / "killed" / "step-00000040" / "dtray.json").read_text())
+                        ["metrics"]["resumed_from_step"] + 10, 40)
+    for step in range(first_resumed, 41, 10):
+        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-5), step
