@@ -20,6 +20,7 @@ from dtray.errors import DtrayError
 Sampling = Literal["length", "uniform_episode", "top_percent", "boltzmann"]
 PolicyKind = Literal["deterministic", "stochastic", "discrete"]
 Amp = Literal["auto", "bf16", "off"]
+Compile = Literal["auto", "on", "off"]
 
 
 @dataclass
@@ -44,6 +45,11 @@ class DataConfig:
     # Object store that training windows may fill ahead of the trainer. Ray's default (0) is a
     # share of the node's store: a slow trainer then lets the look-ahead grow with the data.
     data_memory_mb: int = 1024
+    # Datasets whose training windows fit this many MB are cut once and kept in the object
+    # store (epochs then re-read them, reshuffled); larger ones stream, cut anew each epoch.
+    # Only for the samplings that take the same windows every epoch (length, top_percent).
+    materialize_mb: int = 512
+    prefetch_batches: int = 1  # batches each worker prepares ahead of the step (more on GPUs)
 
 
 @dataclass
@@ -76,7 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_every: int = 0  # 0 = no in-training evaluation
     amp: Amp = "auto"  # bf16 autocast; auto = on GPUs and CPUs with native bf16 (the loss stays fp32)
-    compile: bool = False
+    compile: Compile = "auto"  # torch.compile the step; auto = CUDA graphs on GPUs, eager on CPUs (no gain there)
     seed: int = 0
 
 

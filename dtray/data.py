@@ -2,7 +2,7 @@
 
 The context-window convention lives in exactly one function, :func:`build_windows`,
 used by the training pipeline (many windows per episode) and by inference
-(:class:`EpisodeContext`, one window per live episode). Convention:
+(:class:`LiveContexts`, one window per live episode). Convention:
 
 * a window *ending* at step t holds steps ``max(0, t-K+1) .. t`` of one episode;
 * shorter windows are **left**-padded: padded steps have mask 0 and zeros everywhere;
@@ -90,14 +90,15 @@ def build_windows(
     rtg: np.ndarray,
     ends: np.ndarray,
     starts: np.ndarray | int = 0,
-    first_timestep: int = 0,
+    first_timestep: np.ndarray | int = 0,
 ) -> dict[str, np.ndarray]:
     """Cut windows of length K ending at each row in ``ends``.
 
     ``states`` (T, *obs_shape), ``actions`` (T, act_dim) or (T,), ``rtg`` (T,) unscaled: one
     episode, or several laid back to back, in which case ``starts`` gives the row where each
     window's episode begins (rows before it are padding, and timesteps count from it).
-    ``first_timestep`` is the absolute step of an episode's first row (for trimmed histories).
+    ``first_timestep`` (per window, or one for all) is the absolute step of the row at
+    ``starts``: histories kept at inference begin mid-episode.
     Returns arrays with a leading window axis: states (N, K, *obs), actions (N, K[, act_dim]),
     returns_to_go (N, K) float32, timesteps (N, K) int64, mask (N, K) float32.
     """
@@ -124,6 +125,7 @@ def build_windows(
         states = (states - mean) / std
         states[~mask] = 0
     actions = take(actions)
+    first_timestep = np.broadcast_to(np.asarray(first_timestep, dtype=np.int64), ends.shape)[:, None]
     timesteps = np.minimum(index - starts + first_timestep, spec.max_ep_len - 1)
     return {
         "states": states,
@@ -134,43 +136,58 @@ def build_windows(
     }
 
 
-class EpisodeContext:
-    """The history of one live episode at inference time, turned into the model's window.
+class LiveContexts:
+    """The recent history of many live episodes at inference time, and their windows.
 
-    Only the last K steps are kept. The action of the current step is unknown when the
-    model is asked for it, so it is a zero placeholder: the action head reads the state
-    token, which comes before the action token, so the placeholder is never attended to.
+    Each of ``slots`` episodes keeps its last K steps in a row of fixed-size arrays; the
+    windows of any set of them come from one :func:`build_windows` call over those rows laid
+    back to back, the training convention, so a batch of a thousand episodes costs a few
+    vectorised numpy operations per step, not a thousand Python calls. The action of the
+    current step is unknown when the model is asked for it, so it is a zero placeholder: the
+    action head reads the state token, which comes before the action token, so the
+    placeholder is never attended to.
     """
 
-    def __init__(self, spec: WindowSpec, target_return: float, first_obs: np.ndarray, action_shape, action_dtype):
+    def __init__(self, spec: WindowSpec, slots: int, obs_shape: tuple[int, ...], obs_dtype,
+                 action_shape: tuple[int, ...], action_dtype):
+        K = spec.context_len
         self.spec = spec
-        self.step = 0  # absolute index of the current step
-        self.states = [np.asarray(first_obs)]
-        self.rtg = [float(target_return)]
-        self.actions: list[np.ndarray] = []
-        self._action_zero = np.zeros(action_shape, dtype=action_dtype)
+        self.states = np.zeros((slots, K, *obs_shape), obs_dtype)
+        self.actions = np.zeros((slots, K, *action_shape), action_dtype)
+        self.rtg = np.zeros((slots, K))  # unscaled, float64 as in training
+        self.held = np.zeros(slots, np.int64)  # steps kept (1..K); the last row is the current step
+        self.step = np.zeros(slots, np.int64)  # absolute index of the current step
 
-    def window(self) -> dict[str, np.ndarray]:
-        """The window ending at the current step (one row)."""
-        actions = self.actions + [self._action_zero]
+    def start(self, slot: int, target_return: float, first_obs: np.ndarray) -> None:
+        """A new episode in ``slot``: its first observation and the return it is asked for."""
+        self.states[slot, -1], self.rtg[slot, -1], self.actions[slot, -1] = first_obs, target_return, 0
+        self.held[slot], self.step[slot] = 1, 0
+
+    def windows(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The windows ending at the current step of each of ``slots`` (one row each)."""
+        K, slots = self.spec.context_len, np.asarray(slots, dtype=np.int64)
+        rows = np.arange(len(slots)) * K
+        gather = (slots[:, None] * K + np.arange(K)).reshape(-1)  # the slots' rows, back to back
         return build_windows(
             self.spec,
-            np.stack(self.states),
-            np.stack(actions),
-            np.asarray(self.rtg),
-            ends=[len(self.states) - 1],
-            first_timestep=self.step - (len(self.states) - 1),
+            self.states.reshape(-1, *self.states.shape[2:])[gather],
+            self.actions.reshape(-1, *self.actions.shape[2:])[gather],
+            self.rtg.reshape(-1)[gather],
+            ends=rows + K - 1,
+            starts=rows + K - self.held[slots],
+            first_timestep=self.step[slots] - self.held[slots] + 1,
         )
 
-    def record(self, action: np.ndarray, reward: float, next_obs: np.ndarray) -> None:
-        """Append the step's action, then move on with ``R_{t+1} = (R_t - r_t) / gamma``."""
-        self.actions.append(np.asarray(action, dtype=self._action_zero.dtype))
-        self.rtg.append(float(next_return_to_go(self.rtg[-1], reward, self.spec.gamma)))
-        self.states.append(np.asarray(next_obs))
-        self.step += 1
-        K = self.spec.context_len
-        if len(self.states) > K:  # keep the last K steps only
-            self.states, self.rtg, self.actions = self.states[-K:], self.rtg[-K:], self.actions[-(K - 1):]
+    def record(self, slots: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray) -> None:
+        """Each slot's step: its action, then the next step with ``R_{t+1} = (R_t - r_t) / gamma``."""
+        slots = np.asarray(slots, dtype=np.int64)
+        self.actions[slots, -1] = actions
+        next_rtg = next_return_to_go(self.rtg[slots, -1], np.asarray(rewards, dtype=np.float64), self.spec.gamma)
+        for array, new in ((self.states, next_obs), (self.actions, 0), (self.rtg, next_rtg)):
+            array[slots] = np.roll(array[slots], -1, axis=1)  # drop the oldest step
+            array[slots, -1] = new
+        self.held[slots] = np.minimum(self.held[slots] + 1, self.spec.context_len)
+        self.step[slots] += 1
 
 
 # --- sampling schemes -------------------------------------------------------------------
@@ -470,7 +487,9 @@ def check_dataset(config: DataConfig) -> NormStats:
 
 
 def build_training_data(config: DataConfig, seed: int) -> TrainingData:
-    """Statistics pass, then two lazy window pipelines (train, validation) over the files."""
+    """Statistics pass, then the window pipelines (train, validation) over the files. The
+    training windows are cut once and kept when they fit ``materialize_mb`` (see
+    :func:`cut_once`), else they stream and are cut anew every epoch."""
     if not config.paths:
         raise DtrayError("data.paths is empty: point it at a dataset directory (dtray collect ...)")
     _, _, info = check_files(config.paths)
@@ -492,4 +511,18 @@ def build_training_data(config: DataConfig, seed: int) -> TrainingData:
 
     train = windows("train", seed if config.shuffle_files else None)
     train.context.execution_options = execution_options(config)
+    if cut_once(config, spec, info, stats):
+        train = train.materialize()
     return TrainingData(train=train, val=windows("val", None), info=info, spec=spec, stats=stats)
+
+
+def cut_once(config: DataConfig, spec: WindowSpec, info: DatasetInfo, stats: NormStats) -> bool:
+    """Whether the training windows fit ``materialize_mb``: small datasets are then cut once
+    rather than every epoch (on a fast GPU an epoch of them can pass in seconds, faster than
+    they are cut). Only where every epoch takes the same windows: the random samplings draw
+    new ones each epoch. Each epoch still mixes them anew in the trainer's shuffle buffer."""
+    if config.sampling not in ("length", "top_percent"):
+        return False
+    actions = np.zeros(1, np.int64) if info.discrete else np.zeros((1, info.act_dim), np.float32)
+    one = build_windows(spec, np.zeros((1, *info.obs_shape), info.observation_space.dtype), actions, np.zeros(1), [0])
+    return sum(value.nbytes for value in one.values()) * stats.train_steps <= config.materialize_mb * 2**20

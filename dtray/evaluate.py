@@ -5,8 +5,8 @@ cell with seed ``s`` resets its env with :func:`episode_seed` ``(s, i)``, the sa
 policy and target, so that targets are compared on the same start states.
 
 One episode loop, :class:`BatchRunner`, steps many episodes together with one batched
-``policy.act`` per step; each episode has its own target and its own
-:class:`dtray.data.EpisodeContext` (the window builder shared with training). It runs inside
+``policy.act`` per step; each episode has its own target and its own row in a
+:class:`dtray.data.LiveContexts` (the window builder shared with training). It runs inside
 the pool's actors, in :func:`evaluate_in_process` (in-training evaluation) and in the benchmark.
 
 Results (:func:`evaluate_grid`) go to ``out_dir``: ``episodes.parquet``/``episodes.csv`` (one
@@ -34,7 +34,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from dtray.config import EvalConfig
-from dtray.data import WINDOW_KEYS, EpisodeContext
+from dtray.data import LiveContexts
 from dtray.errors import DtrayError
 from dtray.policy import Policy
 
@@ -150,33 +150,34 @@ class EpisodeResult:
 
 @dataclass
 class _Live:
-    """One running episode: its env, its context window and its running totals."""
+    """One running episode: its env, its slot in its policy's :class:`LiveContexts` and its
+    running totals."""
 
     cell: Cell
     index: int
     env: gym.Env
-    context: EpisodeContext
+    slot: int
     limit: int
     ret: float = 0.0
     length: int = 0
     ended: bool = False
 
-    def step(self, action: np.ndarray) -> bool:
-        """One env step with the policy's action; True when the episode has ended."""
+    def step(self, action: np.ndarray) -> tuple[float, np.ndarray]:
+        """One env step with the policy's action: its reward and the next observation."""
         space = self.env.action_space
         env_action = int(action) if isinstance(space, gym.spaces.Discrete) else action.astype(space.dtype).reshape(space.shape)
         obs, reward, terminated, truncated, _ = self.env.step(env_action)
         self.ret += float(reward)
         self.length += 1
-        self.context.record(action, float(reward), obs)
         self.ended = terminated or truncated or self.length >= self.limit
-        return self.ended
+        return float(reward), obs
 
 
 class BatchRunner:
     """Steps up to ``num_envs`` episodes at once: per step, one ``act`` call per policy for
-    all of its live episodes. A finished episode's slot takes the next queued one at once,
-    so the batch stays full however long episodes are.
+    all of its live episodes, whose windows come from one :class:`LiveContexts` per policy.
+    A finished episode's slot takes the next queued one at once, so the batch stays full
+    however long episodes are.
 
     Envs are plain gymnasium envs reset by hand (no vector-env autoreset), kept for reuse
     per env id; ``max_steps`` 0 means the env's own time limit, or the policy's
@@ -189,6 +190,8 @@ class BatchRunner:
         self.queue: deque[tuple[Cell, int]] = deque()
         self.live: list[_Live] = []
         self.idle_envs: dict[tuple, list[gym.Env]] = defaultdict(list)
+        self.contexts: dict[str, LiveContexts] = {}
+        self.free_slots: dict[str, list[int]] = {}
 
     @property
     def busy(self) -> bool:
@@ -216,15 +219,17 @@ class BatchRunner:
             by_policy[episode.cell.policy].append(episode)
         finished = []
         for name, group in by_policy.items():
-            windows = [episode.context.window() for episode in group]
-            batch = {key: np.concatenate([w[key] for w in windows]) for key in WINDOW_KEYS}
-            actions = np.asarray(self.policies[name].act(batch))
+            contexts, slots = self.contexts[name], np.array([episode.slot for episode in group])
+            actions = np.asarray(self.policies[name].act(contexts.windows(slots)))
             if len(actions) != len(group):
                 raise DtrayError(f"policy {name!r} returned {len(actions)} actions for {len(group)} windows")
-            for episode, action in zip(group, actions):
-                if episode.step(action):
+            rewards, observations = zip(*(episode.step(action) for episode, action in zip(group, actions)))
+            contexts.record(slots, actions, np.array(rewards), np.stack(observations))
+            for episode in group:
+                if episode.ended:
                     finished.append(EpisodeResult(episode.cell, episode.index, episode.ret, episode.length))
                     self.idle_envs[_env_key(episode.cell)].append(episode.env)
+                    self.free_slots[name].append(episode.slot)
         self.live = [episode for episode in self.live if not episode.ended]
         return finished
 
@@ -233,10 +238,16 @@ class BatchRunner:
         env = self.idle_envs[key].pop() if self.idle_envs[key] else make_env(cell.env_id, cell.env_kwargs)
         obs, _ = env.reset(seed=episode_seed(cell.seed, index))
         policy = self.policies[cell.policy]
-        space = env.action_space
-        action_shape, action_dtype = ((), np.int64) if isinstance(space, gym.spaces.Discrete) else (space.shape, np.float32)
+        if cell.policy not in self.contexts:
+            info = policy.info
+            action_shape, action_dtype = ((), np.int64) if info.discrete else (info.action_space.shape, np.float32)
+            self.contexts[cell.policy] = LiveContexts(policy.spec, self.num_envs, info.obs_shape,
+                                                      info.observation_space.dtype, action_shape, action_dtype)
+            self.free_slots[cell.policy] = list(range(self.num_envs))
+        slot = self.free_slots[cell.policy].pop()
+        self.contexts[cell.policy].start(slot, cell.target, obs)
         limit = self.max_steps or (env.spec.max_episode_steps if env.spec else None) or policy.spec.max_ep_len
-        return _Live(cell, index, env, EpisodeContext(policy.spec, cell.target, obs, action_shape, action_dtype), limit)
+        return _Live(cell, index, env, slot, limit)
 
     def close(self) -> None:
         """Close every env and drop all queued and live episodes."""
@@ -248,6 +259,8 @@ class BatchRunner:
         self.idle_envs.clear()
         self.live.clear()
         self.queue.clear()
+        self.contexts.clear()
+        self.free_slots.clear()
 
 
 def _env_key(cell: Cell) -> tuple[str, str]:

@@ -16,7 +16,7 @@ class Policy(Protocol):
     """What evaluation needs from a policy.
 
     ``act`` takes a batch of windows built by :func:`dtray.data.build_windows` (through
-    :class:`dtray.data.EpisodeContext`), one row per live episode, and returns the action of
+    :class:`dtray.data.LiveContexts`), one row per live episode, and returns the action of
     each window's last step: (B, act_dim) floats, or (B,) ints for discrete actions.
     """
 

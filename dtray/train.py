@@ -92,8 +92,11 @@ class Trainer:
         else:
             torch.manual_seed(tc.seed + 1000 * self.rank)  # different dropout per rank
         self.loss_module = ray.train.torch.prepare_model(LossModule(self.model, tc.entropy_coef))
-        if tc.compile:
-            self.loss_module = torch.compile(self.loss_module)
+        if tc.compile == "on" or (tc.compile == "auto" and self.device.type == "cuda"):
+            # the step's shapes never change (drop_last): on GPUs, CUDA graphs replay it without
+            # launching each small kernel from Python, which bounds small models there
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.loss_module = torch.compile(self.loss_module, mode=mode)
         # the untrained model's validation loss: the baseline that learning must beat
         self.initial_val_loss = self.validate().get("val_loss", float("nan")) if resume_from is None else None
         self.batch_size = max(1, tc.batch_size // self.world_size)
@@ -115,6 +118,7 @@ class Trainer:
             seed = hash((self.config.train.seed, self.epoch, self.rank)) % (2**32)
             iterator = shard.iter_torch_batches(
                 batch_size=self.batch_size, drop_last=True, device=self.device,
+                prefetch_batches=self.config.data.prefetch_batches, pin_memory=self.device.type == "cuda",
                 local_shuffle_buffer_size=self.config.data.shuffle_buffer or None,
                 local_shuffle_seed=seed)
             for index, batch in enumerate(iterator):
@@ -126,7 +130,9 @@ class Trainer:
                 raise DtrayError("an epoch produced no full batch: the dataset is smaller than one batch")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimiser step; metrics stay on the device (reading them would make the host
+        wait for the GPU every step), to be averaged and read once per report."""
         self.loss_module.train()
         with autocast(self.config.train.amp, self.device):
             loss, metrics = self.loss_module(batch)
@@ -136,7 +142,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {"loss": loss.item(), "grad_norm": grad_norm.item(), **{k: v.item() for k, v in metrics.items()}}
+        return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -216,7 +222,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if not (checkpoint_now or step % tc.log_every == 0):
             continue
         elapsed = time.perf_counter() - window["start"]
-        metrics = {k: v / window["count"] for k, v in window["sums"].items()}
+        metrics = {k: (v / window["count"]).item() for k, v in window["sums"].items()}
         metrics.update(step=step, epoch=trainer.epoch, resumed_from_step=trainer.resumed_from_step, lr=trainer.scheduler.get_last_lr()[0],
                        samples_per_s=window["samples"] / elapsed, data_wait_frac=window["wait"] / elapsed)
         if checkpoint_now:

@@ -9,7 +9,7 @@ import pytest
 
 from dtray.config import DataConfig
 from dtray.data import (
-    EpisodeContext,
+    LiveContexts,
     NormStats,
     WindowSpec,
     boltzmann_weights,
@@ -93,25 +93,38 @@ def test_discrete_actions_stay_integers():
 
 
 def test_inference_context_equals_training_window_at_every_step():
-    """Guard rail: feeding a recorded episode step by step through EpisodeContext builds
-    exactly the training window at every step (the unknown current action is the only
-    difference, and it is a zero placeholder)."""
+    """Guard rail: feeding recorded episodes step by step through LiveContexts builds exactly
+    their training windows at every step (the unknown current action is the only difference,
+    and it is a zero placeholder), for episodes that share the batch at different phases and
+    a slot that is reused by a new episode."""
     rng = np.random.default_rng(0)
-    T, K, gamma = 12, 4, 0.9
-    obs = rng.normal(size=(T + 1, 3))
-    actions = rng.normal(size=(T, 2))
-    rewards = rng.normal(size=T)
+    K, gamma, lengths = 4, 0.9, [12, 7, 3]
     s = spec(K=K, max_ep_len=8, rtg_scale=10.0, gamma=gamma, mean=(0.1, 0.2, 0.3), std=(1.0, 2.0, 3.0))
-    rtg = returns_to_go(rewards, gamma)
-    training = build_windows(s, obs[:T], actions, rtg, ends=np.arange(T))
-    context = EpisodeContext(s, target_return=rtg[0], first_obs=obs[0], action_shape=(2,), action_dtype=np.float32)
-    for t in range(T):
-        window = context.window()
-        for key in ("states", "returns_to_go", "timesteps", "mask"):
-            np.testing.assert_allclose(window[key][0], training[key][t], rtol=1e-5, atol=1e-6, err_msg=f"{key} at t={t}")
-        np.testing.assert_allclose(window["actions"][0, :-1], training["actions"][t, :-1], rtol=1e-6)
-        np.testing.assert_array_equal(window["actions"][0, -1], 0.0)
-        context.record(actions[t], rewards[t], obs[t + 1])
+    episodes = []
+    for T in lengths:
+        obs, actions, rewards = rng.normal(size=(T + 1, 3)), rng.normal(size=(T, 2)), rng.normal(size=T)
+        rtg = returns_to_go(rewards, gamma)
+        episodes.append((obs, actions, rewards, rtg, build_windows(s, obs[:T], actions, rtg, ends=np.arange(T))))
+    contexts = LiveContexts(s, slots=2, obs_shape=(3,), obs_dtype=np.float64, action_shape=(2,), action_dtype=np.float32)
+    # slot 0 runs episode 0; slot 1 runs episode 1, then episode 2 (starting mid-way through episode 0)
+    schedule = {0: [(0, t) for t in range(12)], 1: [(1, t) for t in range(7)] + [(2, t) for t in range(3)]}
+    for step in range(12):
+        live = [(slot, *schedule[slot][step]) for slot in (0, 1) if step < len(schedule[slot])]
+        for slot, episode, t in live:
+            if t == 0:
+                contexts.start(slot, episodes[episode][3][0], episodes[episode][0][0])
+        windows = contexts.windows(np.array([slot for slot, _, _ in live]))
+        for row, (slot, episode, t) in enumerate(live):
+            training = episodes[episode][4]
+            for key in ("states", "returns_to_go", "timesteps", "mask"):
+                np.testing.assert_allclose(windows[key][row], training[key][t], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{key}, episode {episode}, t={t}")
+            np.testing.assert_allclose(windows["actions"][row, :-1], training["actions"][t, :-1], rtol=1e-6)
+            np.testing.assert_array_equal(windows["actions"][row, -1], 0.0)
+        contexts.record(np.array([slot for slot, _, _ in live]),
+                        np.stack([episodes[e][1][t] for _, e, t in live]),
+                        np.array([episodes[e][2][t] for _, e, t in live]),
+                        np.stack([episodes[e][0][t + 1] for _, e, t in live]))
 
 
 def test_log_partition_is_stable_and_weights_normalise():
@@ -206,10 +219,16 @@ def test_normalisation_stats_match_numpy(ray_local, tmp_path):
     assert data.stats.return_mean == pytest.approx(np.mean(returns))
 
 
-def test_pipeline_windows_equal_build_windows_on_each_episode(ray_local, tmp_path):
+@pytest.mark.parametrize("materialize_mb", [0, 512])
+def test_pipeline_windows_equal_build_windows_on_each_episode(ray_local, tmp_path, materialize_mb):
+    """Streamed (cut every epoch) or cut once and kept, the windows are build_windows'."""
+    from ray.data.dataset import MaterializedDataset
+
     episodes = make_dataset(tmp_path / "ds", n_episodes=12)
-    config = DataConfig(paths=[str(tmp_path / "ds")], context_len=4, val_fraction=0.0, normalize_states=False)
+    config = DataConfig(paths=[str(tmp_path / "ds")], context_len=4, val_fraction=0.0, normalize_states=False,
+                        materialize_mb=materialize_mb)
     data = build_training_data(config, seed=0)
+    assert isinstance(data.train, MaterializedDataset) == (materialize_mb > 0)
     rows = data.train.take_batch(10_000, batch_format="numpy")
     last = rows["states"][:, -1, :2].astype(int)  # (episode, t) of each window's end
     assert len(last) == sum(e.length for e in episodes)
@@ -300,7 +319,7 @@ def test_many_files_stream_with_one_footer_reader_and_episodes_never_queued(ray_
 
     make_dataset(tmp_path / "ds", n_episodes=80, steps_per_file=40)  # ~40 files
     before = footer_readers()
-    data = build_training_data(DataConfig(paths=[str(tmp_path / "ds")], val_fraction=0.0), seed=0)
+    data = build_training_data(DataConfig(paths=[str(tmp_path / "ds")], val_fraction=0.0, materialize_mb=0), seed=0)
     windows = sum(len(batch["mask"]) for batch in data.train.iter_batches(batch_size=256))
     assert windows == data.stats.train_steps
     assert footer_readers() - before == 2  # the statistics pass and one epoch
