@@ -29,16 +29,16 @@ STATE_DIM, ACT_DIM, K, BATCH, MAX_EP_LEN = 17, 6, 20, 64, 1000
 SIZES = {"d=128, 3 layers, 1 head": (128, 3, 1), "d=256, 6 layers, 8 heads": (256, 6, 8)}
 
 
-def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(seed: int = 0, batch: int = BATCH) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    mask = torch.ones(BATCH, K)
-    for row in range(BATCH // 4):  # windows that start before the episode does
+    mask = torch.ones(batch, K)
+    for row in range(batch // 4):  # windows that start before the episode does
         mask[row, : int(torch.randint(1, K, (1,), generator=gen))] = 0
     return {
-        "states": torch.randn(BATCH, K, STATE_DIM, generator=gen) * mask[..., None],
-        "actions": (torch.rand(BATCH, K, ACT_DIM, generator=gen) * 2 - 1) * mask[..., None],
-        "returns_to_go": torch.rand(BATCH, K, generator=gen) * mask,
-        "timesteps": torch.randint(0, MAX_EP_LEN, (BATCH, K), generator=gen) * mask.long(),
+        "states": torch.randn(batch, K, STATE_DIM, generator=gen) * mask[..., None],
+        "actions": (torch.rand(batch, K, ACT_DIM, generator=gen) * 2 - 1) * mask[..., None],
+        "returns_to_go": torch.rand(batch, K, generator=gen) * mask,
+        "timesteps": torch.randint(0, MAX_EP_LEN, (batch, K), generator=gen) * mask.long(),
         "mask": mask,
     }
 

@@ -26,7 +26,6 @@ from dtray.errors import DtrayError
 from dtray.format import REQUIRED_COLUMNS, DatasetInfo, resolve_files, rows_to_episodes
 from dtray.validate import check_episodes, check_files, check_unique_ids
 
-WINDOW_KEYS = ("states", "actions", "returns_to_go", "timesteps", "mask")
 PATH_COLUMN = "path"  # Ray Data's name for the file a row was read from
 
 
@@ -337,7 +336,9 @@ def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats
     summary = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     if errors := [error for error in summary["error"] if error]:
         raise DtrayError(errors[0])
-    check_unique_ids([(path, summary["episode_id"][summary["path"] == path]) for path in np.unique(summary["path"])])
+    files, file_of = np.unique(summary["path"], return_inverse=True)
+    ids_by_file = np.split(summary["episode_id"][np.argsort(file_of, kind="stable")], np.cumsum(np.bincount(file_of))[:-1])
+    check_unique_ids(list(zip(files, ids_by_file)))
     train = ~summary["val"]
     if not train.any():
         raise DtrayError(f"{config.paths}: no training episodes left after val_fraction={config.val_fraction}")
@@ -450,8 +451,7 @@ def _cut_windows(batch: pa.Table, info: DatasetInfo, spec: WindowSpec, config: D
         ends, starts = ends[order], starts[order]
     arrays = [np.concatenate([getattr(e, name) for e in episodes]) for name in ("observations", "actions")]
     rtg = np.concatenate(rtgs)
-    first = build_windows(spec, *arrays, rtg, ends[:1], starts[:1])
-    per_block = max(1, WINDOW_BLOCK_BYTES // sum(value.nbytes for value in first.values()))
+    per_block = max(1, WINDOW_BLOCK_BYTES // window_nbytes(spec, info))
     for i in range(0, count, per_block):
         yield build_windows(spec, *arrays, rtg, ends[i:i + per_block], starts[i:i + per_block])
 
@@ -523,6 +523,11 @@ def cut_once(config: DataConfig, spec: WindowSpec, info: DatasetInfo, stats: Nor
     new ones each epoch. Each epoch still mixes them anew in the trainer's shuffle buffer."""
     if config.sampling not in ("length", "top_percent"):
         return False
+    return window_nbytes(spec, info) * stats.train_steps <= config.materialize_mb * 2**20
+
+
+def window_nbytes(spec: WindowSpec, info: DatasetInfo) -> int:
+    """Bytes of one window of this dataset, as :func:`build_windows` lays it out."""
     actions = np.zeros(1, np.int64) if info.discrete else np.zeros((1, info.act_dim), np.float32)
     one = build_windows(spec, np.zeros((1, *info.obs_shape), info.observation_space.dtype), actions, np.zeros(1), [0])
-    return sum(value.nbytes for value in one.values()) * stats.train_steps <= config.materialize_mb * 2**20
+    return sum(value.nbytes for value in one.values())

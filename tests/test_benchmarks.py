@@ -1,8 +1,12 @@
-"""benchmarks/bench_quality.py: the score table's whole path (collect, train, evaluate, report)
-on a tiny dataset, its resumable runs file, and its calibration statistic."""
+"""The benchmark scripts the suite runs in a quick mode: bench_quality's whole path (collect,
+train, evaluate, report) on a tiny dataset, its resumable runs file and its calibration
+statistic; bench_gpu's clean exit without a GPU."""
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +65,10 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
     assert text.startswith("# Results\nprose\n") and text.endswith(f"{bench.TABLE_END}\nmore prose\n")
     assert "old table" not in text
     assert "| cartpole-medium | 85.0 ± 7.1 | 65.0 ± 7.1 | 0.90 ± 0.00 | 50.0 / 100.0 | 2 | 12 |" in text
+
+
+def test_gpu_benchmark_skips_cleanly_without_a_gpu():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no CUDA device here, nothing to measure" in proc.stdout
