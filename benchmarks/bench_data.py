@@ -13,7 +13,7 @@ Memory is measured twice: while windows are drawn as fast as possible (the windo
 and with a consumer paced like a trainer (``--pace`` windows/s), which lets the pipeline run
 as far ahead as Ray Data allows; the last row shows Ray's own default look-ahead there.
 
-    python benchmarks/bench_data.py [--episodes 5000] [--windows 200000] [--pace 5000]
+    python benchmarks/bench_data.py [--dataset pendulum-medium-replay] [--episodes 5000] [--windows 200000] [--pace 5000]
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def streaming_child(data: str, windows: int, data_memory_mb: int | None, pace: f
     ray.shutdown()
 
 
-def make_datasets(episodes: int, root: Path) -> tuple[str, str]:
+def make_datasets(name: str, episodes: int, root: Path) -> tuple[str, str]:
     import ray
 
     from dtray.collect import collect
@@ -193,7 +193,7 @@ def make_datasets(episodes: int, root: Path) -> tuple[str, str]:
     one = root / "x1"
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="bench-collect-"),
              logging_level="ERROR", log_to_driver=False)
-    collect("pendulum-medium-replay", one, seed=0, episodes=episodes)
+    collect(name, one, seed=0, episodes=episodes)
     ray.shutdown()
     ten = root / "x10"
     ten.mkdir()
@@ -202,13 +202,14 @@ def make_datasets(episodes: int, root: Path) -> tuple[str, str]:
             table = pq.read_table(f)
             ids = pc.add(table.column("episode_id"), copy * episodes)
             pq.write_table(table.set_column(table.schema.get_field_index("episode_id"), "episode_id", ids),
-                           ten / f"c{copy}-{f.name}")
+                           ten / f"c{copy}-{f.name}", compression="zstd")
     return str(one), str(ten)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--episodes", type=int, default=5000, help="Pendulum episodes (200 steps each)")
+    parser.add_argument("--dataset", default="pendulum-medium-replay", help="built-in dataset to stream (1x and 10x)")
+    parser.add_argument("--episodes", type=int, default=5000, help="episodes of the 1x dataset")
     parser.add_argument("--windows", type=int, default=200_000, help="windows drawn per measurement")
     parser.add_argument("--pace", type=float, default=5000.0, help="windows/s of the trainer-paced rows")
     parser.add_argument("--child", choices=["in_memory", "streaming"])
@@ -222,11 +223,13 @@ def main() -> None:
             streaming_child(args.data, args.windows, args.data_memory_mb, args.pace)
         return
     from dtray.config import DataConfig
+    from dtray.describe import episode_returns
 
     streaming = f"dtray Ray Data streaming, data_memory_mb={DataConfig().data_memory_mb}"
     paced = f"{args.pace:,.0f}/s"
     with tempfile.TemporaryDirectory(prefix="bench-data-") as root:
-        one, ten = make_datasets(args.episodes, Path(root))
+        one, ten = make_datasets(args.dataset, args.episodes, Path(root))
+        info, _, _, lengths = episode_returns(one)
         rows = [("in-memory get_batch (DT)", "1x", "fast", measure("in_memory", one, args.windows)),
                 (streaming, "1x", "fast", measure("streaming", one, args.windows)),
                 ("in-memory get_batch (DT)", "10x", "fast", measure("in_memory", ten, args.windows)),
@@ -236,9 +239,9 @@ def main() -> None:
                 ("dtray, data_memory_mb=0 (Ray's default look-ahead)", "10x", paced,
                  measure("streaming", ten, args.windows, data_memory_mb=0, pace=args.pace))]
     base = rows[0][3]["windows_per_s"]
-    steps = args.episodes * 200
-    print(f"\nPendulum, {steps:,} steps (1x) / {10 * steps:,} (10x), K={K}, batch {BATCH}, "
-          f"{args.windows:,} windows per row, 2 CPUs\n")
+    steps = int(lengths.sum())
+    print(f"\n{args.dataset} (observations {info.obs_shape} {info.observation_space.dtype}), {steps:,} steps (1x) / "
+          f"{10 * steps:,} (10x), K={K}, batch {BATCH}, {args.windows:,} windows per row, 2 CPUs\n")
     print("| sampler | data | consumer | windows/s | vs in-memory 1x | peak memory, PSS (MB) "
           "| of it while streaming (MB) | processes |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -1,5 +1,8 @@
 """Training samples/s on CPU: dtray's Decision Transformer vs Hugging Face's, in one run.
 
+A second table times the shipped recipe on each built-in observation shape (vectors, the
+MiniGrid grid image, pixel frame stacks): the cost of the conv encoder.
+
 Both models get the same shape (state_dim 17, act_dim 6, K=20, batch 64, dropout 0.1, GELU,
 max_ep_len 1000), the same batch (a quarter of the windows left-padded, as at episode
 starts), the same loss (masked MSE on the action predictions), and the same step: AdamW
@@ -100,6 +103,41 @@ def trainer(builder, size: tuple[int, int, int], fused: bool, bf16: bool):
     return step
 
 
+IMAGE_CASES = {"vector (3,) (Pendulum)": (3,), "grid image (3, 6, 6) (MiniGrid)": (3, 6, 6),
+               "frames (3, 40, 40) (pixel Pendulum)": (3, 40, 40), "frames (3, 40, 60) (pixel CartPole)": (3, 40, 60)}
+
+
+def image_table(steps: int, warmup: int) -> None:
+    """The shipped recipe (d=64, 3 layers, K=10, batch 128) on each built-in observation
+    shape: what the conv encoder costs per sample against vector observations."""
+    batch, context = 128, 10
+    print(f"\n| observations (recipe: d=64, 3 layers, K={context}, batch {batch}) | samples/s (median step) "
+          "| vs vector |\n|---|---:|---:|")
+    rates = {}
+    for name, obs_shape in IMAGE_CASES.items():
+        torch.manual_seed(0)
+        model = DecisionTransformer(ModelConfig(embed_dim=64, n_layer=3, n_head=1, policy="discrete"), obs_shape, 2, True,
+                                    context_len=context, max_ep_len=MAX_EP_LEN)
+        optimizer = torch.optim.AdamW(model.optimizer_groups(1e-4), lr=1e-4, fused=True)
+        frames = len(obs_shape) == 3
+        states = (torch.randint(0, 256, (batch, context, *obs_shape), dtype=torch.uint8) if frames
+                  else torch.randn(batch, context, *obs_shape))
+        windows = {"states": states, "actions": torch.randint(0, 2, (batch, context)),
+                   "returns_to_go": torch.rand(batch, context), "mask": torch.ones(batch, context),
+                   "timesteps": torch.arange(context).repeat(batch, 1)}
+        seconds = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            loss, _ = model.loss(windows)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if i >= warmup:
+                seconds.append(time.perf_counter() - start)
+        rates[name] = batch / statistics.median(seconds)
+        print(f"| {name} | {rates[name]:,.0f} | {rates[name] / next(iter(rates.values())):.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
@@ -131,6 +169,7 @@ def main() -> None:
             base_median, base_fastest = rates["HF fp32"]
             print(f"| {size_name} | {name} | {median:,.0f} | {median / base_median:.2f}x "
                   f"| {fastest:,.0f} | {fastest / base_fastest:.2f}x |", flush=True)
+    image_table(args.steps, args.warmup)
 
 
 if __name__ == "__main__":

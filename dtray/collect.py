@@ -17,6 +17,7 @@ same for any number of Ray workers.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -78,6 +79,76 @@ def reacher_expert(env: gym.Env, obs: np.ndarray, kp: float = 20.0, kd: float = 
     return np.clip(np.array([torque1, torque2], dtype=np.float32), -1.0, 1.0)
 
 
+def doorkey_expert(env: gym.Env, obs: np.ndarray) -> int:
+    """A planner on the full grid: fetch the key, open the door, walk to the goal, each by a
+    shortest path (breadth-first over free cells), turning to face the next cell. A key that
+    lies in the way (dropped there by a random action) is picked up first."""
+    grid = env.unwrapped
+    actions = grid.actions
+    cells = {(i, j): grid.grid.get(i, j) for i in range(grid.width) for j in range(grid.height)}
+    find = {kind: pos for pos, cell in cells.items() if cell is not None for kind in [cell.type]}
+    door = cells[find["door"]]
+    if door.is_locked and grid.carrying is None:
+        target, final = find["key"], actions.pickup
+    elif not door.is_open:
+        target, final = find["door"], actions.toggle
+    else:
+        target, final = find["goal"], actions.forward
+    here, facing = tuple(int(v) for v in grid.agent_pos), int(grid.agent_dir)
+    path = _shortest_path(cells, here, target, enter=final == actions.forward)
+    if path is None:  # a dropped key blocks the way
+        target, final = find["key"], actions.pickup
+        path = _shortest_path(cells, here, target, enter=False)
+    step = path[1] if len(path) > 1 else target  # the next cell, or the object once beside it
+    wanted = DIRECTIONS.index((step[0] - here[0], step[1] - here[1]))
+    if wanted != facing:
+        return int(actions.right if (wanted - facing) % 4 == 1 else actions.left)
+    return int(actions.forward if len(path) > 1 else final)
+
+
+DIRECTIONS = [(1, 0), (0, 1), (-1, 0), (0, -1)]  # MiniGrid's agent_dir 0..3
+
+
+def _shortest_path(cells: dict, start: tuple[int, int], target: tuple[int, int], enter: bool) -> list | None:
+    """Cells from ``start`` to ``target`` (``enter``) or to a free cell beside it, through free
+    cells (empty, goal, open doors); None when there is no such path."""
+    def free(pos):
+        cell = cells.get(pos, "wall")
+        return cell is None or (cell != "wall" and (cell.type == "goal" or (cell.type == "door" and cell.is_open)))
+
+    parents, frontier = {start: None}, deque([start])
+    while frontier:
+        pos = frontier.popleft()
+        if (pos == target) if enter else any((pos[0] + dx, pos[1] + dy) == target for dx, dy in DIRECTIONS):
+            path = []
+            while pos is not None:
+                path.append(pos)
+                pos = parents[pos]
+            return path[::-1]
+        for dx, dy in DIRECTIONS:
+            nxt = (pos[0] + dx, pos[1] + dy)
+            if nxt not in parents and free(nxt):
+                parents[nxt] = pos
+                frontier.append(nxt)
+    return None
+
+
+def state_of(env: gym.Env) -> np.ndarray:
+    """The vector observation of a pixel env's underlying classic-control env, for its expert."""
+    from gymnasium.envs.classic_control import PendulumEnv
+
+    inner = env.unwrapped
+    if isinstance(inner, PendulumEnv):
+        theta, velocity = inner.state
+        return np.array([np.cos(theta), np.sin(theta), velocity], dtype=np.float32)
+    return np.asarray(inner.state, dtype=np.float32)
+
+
+def on_state(expert: Callable[[gym.Env, np.ndarray], Any]) -> Callable[[gym.Env, np.ndarray], Any]:
+    """An expert of a vector env acting in its pixel twin: it reads the state, not the frames."""
+    return lambda env, obs: expert(env, state_of(env))
+
+
 @dataclass(frozen=True)
 class BuiltinEnv:
     """An env with its expert and the medium behaviour that sits between random and expert."""
@@ -88,6 +159,9 @@ class BuiltinEnv:
     medium_epsilon: float  # probability of a uniformly random action
     medium_noise: float  # Gaussian action noise, as a fraction of the action half-range
     default_episodes: int  # sized so that a default dataset collects in ~10-30 s on 2 cores
+    # a built-in env with the same dynamics, expert and seeds but no frames to render: its
+    # rollouts give the same returns, so the reference scores are measured there
+    same_returns_as: str = ""
 
 
 ENVS = {
@@ -99,6 +173,15 @@ ENVS = {
                               medium_epsilon=0.4, medium_noise=0.3, default_episodes=600),
     "reacher": BuiltinEnv("Reacher-v5", reacher_expert, "Jacobian-transpose PD",
                           medium_epsilon=0.3, medium_noise=0.3, default_episodes=2000),
+    # image observations (dtray/envs.py); fewer episodes: a frame stack is ~5 KB per step
+    # MiniGrid pays 1 - 0.9 * steps / 360 for reaching the goal: even a half-random walk reaches
+    # it (epsilon 0.5 scored 96% of the expert), so its medium acts at random 80% of the time
+    "minigrid": BuiltinEnv("dtray/MiniGrid-DoorKey-6x6-v0", doorkey_expert, "shortest-path planner on the grid",
+                           medium_epsilon=0.8, medium_noise=0.0, default_episodes=1000),
+    "pixelpendulum": BuiltinEnv("dtray/PixelPendulum-v1", on_state(pendulum_expert), "energy swing-up + PD balance",
+                                medium_epsilon=0.5, medium_noise=0.5, default_episodes=300, same_returns_as="pendulum"),
+    "pixelcartpole": BuiltinEnv("dtray/PixelCartPole-v1", on_state(cartpole_expert), "PD on pole angle",
+                                medium_epsilon=0.45, medium_noise=0.0, default_episodes=200, same_returns_as="cartpole"),
 }
 DATASETS = [f"{env}-{tier}" for env in ENVS for tier in TIERS]
 
@@ -159,11 +242,18 @@ def choose_action(env: gym.Env, builtin: BuiltinEnv, behaviour: Behaviour, obs: 
 # --- rollouts ------------------------------------------------------------------------------
 
 
-def run_episode(env: gym.Env, builtin: BuiltinEnv, tier: str, seed: int, index: int) -> Episode:
-    """One episode, fully determined by (seed, index): env reset seed, behaviour and noise."""
+def episode_start(builtin: BuiltinEnv, tier: str, seed: int, index: int) -> tuple[Behaviour, int, np.random.Generator]:
+    """How episode ``index`` of a dataset with ``seed`` acts, the seed its env is reset with,
+    and the generator of its random actions: all fixed by (seed, index)."""
     rng = np.random.default_rng([seed, index])
     behaviour = episode_behaviour(builtin, tier, index, rng)
-    obs, _ = env.reset(seed=int(rng.integers(2**31)))
+    return behaviour, int(rng.integers(2**31)), rng
+
+
+def run_episode(env: gym.Env, builtin: BuiltinEnv, tier: str, seed: int, index: int) -> Episode:
+    """One episode, fully determined by (seed, index): env reset seed, behaviour and noise."""
+    behaviour, env_seed, rng = episode_start(builtin, tier, seed, index)
+    obs, _ = env.reset(seed=env_seed)
     observations, actions, rewards = [obs], [], []
     terminated = truncated = False
     while not (terminated or truncated):
@@ -228,8 +318,8 @@ def collect(
     task = ray.remote(rollout)
     data_refs = [task.remote(env_name, tier, seed, indices) for indices in chunks(count, num_workers)]
     reference = list(range(REFERENCE_EPISODES))
-    random_ref = task.remote(env_name, "random", REFERENCE_SEED, reference)
-    expert_ref = task.remote(env_name, "expert", REFERENCE_SEED, reference)
+    random_ref = task.remote(builtin.same_returns_as or env_name, "random", REFERENCE_SEED, reference)
+    expert_ref = task.remote(builtin.same_returns_as or env_name, "expert", REFERENCE_SEED, reference)
 
     env = gym.make(builtin.env_id)
     info = DatasetInfo(

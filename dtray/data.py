@@ -42,7 +42,7 @@ class WindowSpec:
 
     @classmethod
     def from_config(cls, config: DataConfig, stats: NormStats | None) -> WindowSpec:
-        use_stats = config.normalize_states and stats is not None
+        use_stats = config.normalize_states and stats is not None and stats.state_mean is not None  # none for images
         return cls(
             context_len=config.context_len,
             max_ep_len=config.max_ep_len,
