@@ -76,16 +76,20 @@ class Block(nn.Module):
 
 class ImageEncoder(nn.Module):
     """Nature-DQN conv stack for uint8 frames (C, H, W). Frames under 36 px, too small for
-    its 8x8/4 first layer, get padded 3x3 convs instead, so any frame size works."""
+    its 8x8/4 first layer, get padded 3x3 convs instead, so any frame size works; frames of
+    at most 12 px are grids of cells (MiniGrid's), where any stride would merge the cells
+    that hold the agent and its heading, so their convs keep every cell."""
 
     NATURE = ((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0))  # (channels, kernel, stride, padding)
     SMALL = ((32, 3, 2, 1), (64, 3, 2, 1), (64, 3, 1, 1))
+    CELLS = ((32, 3, 1, 1), (64, 3, 1, 1), (64, 3, 1, 1))
 
     def __init__(self, obs_shape: tuple[int, int, int], embed_dim: int):
         super().__init__()
         channels, height, width = obs_shape
+        stack = self.NATURE if min(height, width) >= 36 else self.CELLS if max(height, width) <= 12 else self.SMALL
         layers = []
-        for out_channels, kernel, stride, padding in self.NATURE if min(height, width) >= 36 else self.SMALL:
+        for out_channels, kernel, stride, padding in stack:
             layers += [nn.Conv2d(channels, out_channels, kernel, stride, padding), nn.ReLU()]
             channels = out_channels
         self.convs = nn.Sequential(*layers, nn.Flatten())
