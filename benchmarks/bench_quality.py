@@ -10,7 +10,11 @@ otherwise), then the actor-pool evaluation of the checkpoint ``dtray train`` pic
   dataset's returns, its max, and one beyond);
 * ``bc``: the same network, trained on the same data, with the return hidden from it
   (``model.return_conditioned=false``): plain behaviour cloning, acting with its mean or
-  most likely action (its best case); one target, since it ignores it.
+  most likely action (its best case); one target, since it ignores it;
+* ``pi``: the DT with a return head (``model.return_head=true``), given no target: R̂ drawn
+  from p(R | history, s_t) * exp(R / alpha) at the auto temperatures (``--methods pi``; not
+  in the default set). Its "targets" are the alphas, its Spearman is between -alpha and the
+  return achieved (does a colder tilt give more?).
 
 Each finished run is appended to ``<out>/quality_runs.csv`` (a rerun skips the runs it holds,
 so a long table can be stopped and continued), and the report is rebuilt from that file: a
@@ -54,7 +58,9 @@ from dtray.evaluate import best_targets, evaluate_checkpoints
 from dtray.train import best_checkpoint, fit
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = {"dt": [], "bc": ["model.return_conditioned=false", "eval.deterministic=true"]}
+METHODS = {"dt": [], "bc": ["model.return_conditioned=false", "eval.deterministic=true"],
+           "pi": ["model.return_head=true", "eval.targets=path-integral"]}
+DEFAULT_METHODS = ["dt", "bc"]
 RUN_KEYS = ["dataset", "method", "seed", "steps"]
 TABLE_START, TABLE_END = "<!-- score-table:start -->", "<!-- score-table:end -->"
 QUICK = {"dataset": "pendulum-medium-expert", "episodes": 40, "steps": 40,
@@ -93,19 +99,24 @@ def run_once(dataset: str, path: Path, method: str, seed: int, args, storage: st
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines and the eval table are not the point
         result = fit(config)
         trained = time.perf_counter()
+        targets = config.eval.targets if config.model.return_conditioned else [float(returns.max())]
         eval_config = dataclasses.replace(  # behaviour cloning ignores the target: one is enough
-            config.eval, episodes=args.episodes, seeds=[seed], out=os.path.join(storage, "eval"),
-            targets="auto" if config.model.return_conditioned else [float(returns.max())])
+            config.eval, episodes=args.episodes, seeds=[seed], out=os.path.join(storage, "eval"), targets=targets)
         summary = evaluate_checkpoints([best_checkpoint(result).path], eval_config, progress=False).summary
     evaluated = time.perf_counter()
     best = best_targets(summary).iloc[0]
-    inside = summary[summary["target"] <= returns.max()]
+    if method == "pi":
+        conditions = summary["alpha"]
+        rho = spearman(-summary["alpha"].to_numpy(), summary["return_mean"].to_numpy())
+    else:
+        conditions, inside = summary["target"], summary[summary["target"] <= returns.max()]
+        rho = spearman(inside["target"].to_numpy(), inside["return_mean"].to_numpy())
     return {
         "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
-        "best_score": float(best["score_mean"]), "best_target": float(best["target"]),
+        "best_score": float(best["score_mean"]), "best_target": float(best["alpha" if method == "pi" else "target"]),
         "best_return": float(best["return_mean"]),
-        "spearman": spearman(inside["target"].to_numpy(), inside["return_mean"].to_numpy()),
-        "targets": json.dumps([round(float(t), 3) for t in summary["target"]]),
+        "spearman": rho,
+        "targets": json.dumps([round(float(t), 3) for t in conditions]),
         "returns": json.dumps([round(float(r), 3) for r in summary["return_mean"]]),
         "data_mean_score": float(info.normalized_score(returns.mean())),
         "data_max_score": float(info.normalized_score(returns.max())),
@@ -151,18 +162,23 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
 
 def markdown(table: pd.DataFrame) -> str:
     lines = []
+    with_pi = "pi" in set(table["method"])
     for steps, rows in table.groupby("steps", sort=True):
+        pi_header = (" DT, path-integral (best alpha) | PI Spearman(-alpha) |", "---:|---:|") if with_pi else ("", "")
         lines += [f"Budget: {steps:,} training steps per run.", "",
-                  "| dataset | DT score | BC score | DT Spearman | dataset mean / max | seeds | wall s (DT) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  f"| dataset | DT score | BC score |{pi_header[0]} DT Spearman | dataset mean / max | seeds | wall s (DT) |",
+                  f"|---|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
         for dataset, group in rows.groupby("dataset", sort=False):
             by = {row.method: row for row in group.itertuples()}
-            dt, bc = by.get("dt"), by.get("bc")
-            ref = dt or bc
+            dt, bc, pi = by.get("dt"), by.get("bc"), by.get("pi")
+            ref = dt or bc or pi
+            pi_cells = (f" {_pm(pi.score, pi.score_std) if pi else '–'} | "
+                        f"{_pm(pi.spearman, pi.spearman_std, 2) if pi else '–'} |") if with_pi else ""
+            seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
             lines.append(
-                f"| {dataset} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} | "
-                f"{_pm(dt.spearman, dt.spearman_std, 2) if dt else '–'} | {ref.data_mean:.1f} / {ref.data_max:.1f} | "
-                f"{ref.seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
+                f"| {dataset} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} |"
+                f"{pi_cells} {_pm(dt.spearman, dt.spearman_std, 2) if dt else '–'} | "
+                f"{ref.data_mean:.1f} / {ref.data_max:.1f} | {seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -212,7 +228,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=None, help="default: every built-in dataset")
     parser.add_argument("--tiers", nargs="+", default=list(TIERS), choices=TIERS)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="training steps; default: the env config's")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per target")

@@ -143,8 +143,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images-only", action="store_true", help="only the observation-shape table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.images_only:
+        image_table(args.steps, args.warmup)
+        return
     from transformers.utils import logging
 
     logging.set_verbosity_error()

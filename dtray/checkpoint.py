@@ -33,8 +33,16 @@ TRAIN_STATE = "train_state.pt"
 FORMAT_VERSION = 1  # of dtray.json and the files beside it; checkpoints without one are version 1
 
 
-def build_model(config: Config, info: DatasetInfo) -> DecisionTransformer:
-    """The model for a dataset: shapes and action bounds come from its spaces."""
+def return_range(config: Config, stats: NormStats) -> tuple[float, float]:
+    """The return head's bins, in model units: from the dataset's lowest to its highest episode
+    return, stretched to include 0, which every return-to-go reaches at an episode's end."""
+    low, high = min(stats.return_min, 0.0), max(stats.return_max, 0.0)
+    return low / config.data.rtg_scale, (high if high > low else low + 1.0) / config.data.rtg_scale
+
+
+def build_model(config: Config, info: DatasetInfo, stats: NormStats | None = None) -> DecisionTransformer:
+    """The model for a dataset: shapes and action bounds come from its spaces, the return
+    head's bins (``model.return_head``) from its statistics."""
     model_config = config.model
     if info.discrete and model_config.policy != "discrete":
         model_config = type(model_config)(**{**model_config.__dict__, "policy": "discrete"})
@@ -43,6 +51,8 @@ def build_model(config: Config, info: DatasetInfo) -> DecisionTransformer:
     if bounds and not (np.isfinite(bounds["action_low"]).all() and np.isfinite(bounds["action_high"]).all()):
         raise DtrayError(f"{info.env_id}: action space {info.action_space} is unbounded; the tanh policy "
                          "head needs finite bounds (set them in the dataset's metadata)")
+    if model_config.return_head and stats is None:
+        raise DtrayError("model.return_head needs the dataset's return statistics to place its bins")
     return DecisionTransformer(
         model_config,
         obs_shape=info.obs_shape,
@@ -50,6 +60,7 @@ def build_model(config: Config, info: DatasetInfo) -> DecisionTransformer:
         discrete=info.discrete,
         context_len=config.data.context_len,
         max_ep_len=config.data.max_ep_len,
+        return_range=return_range(config, stats) if model_config.return_head else None,
         **bounds,
     )
 

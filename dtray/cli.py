@@ -120,7 +120,7 @@ def _cmd_evaluate(args) -> None:
     from dtray.policy import load_policy
 
     config = cfg.load(args.config, args.overrides)
-    for field in ("targets", "envs", "seeds", "episodes", "num_actors", "out"):
+    for field in ("targets", "alpha", "envs", "seeds", "episodes", "num_actors", "out"):
         value = getattr(args, field)
         if value is not None:
             setattr(config.eval, field, value)
@@ -138,12 +138,18 @@ def _cmd_tune(args) -> None:
 
 
 def _targets(text: str):
+    if text in ("auto", "pi", "path-integral"):
+        return "path-integral" if text == "pi" else text
+    return _numbers(text)
+
+
+def _numbers(text: str):
     if text == "auto":
         return "auto"
     try:
         return [float(x) for x in text.split(",") if x]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"targets must be 'auto' or numbers separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected 'auto' or numbers separated by commas, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="section.key=value")
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--checkpoint", nargs="+", required=True)
-    evaluate.add_argument("--targets", type=_targets, default=None, help="'auto' or comma-separated returns")
+    evaluate.add_argument("--targets", type=_targets, default=None,
+                          help="'auto', comma-separated returns, or 'pi': R̂ from the return head, tilted by exp(R/alpha)")
+    evaluate.add_argument("--alpha", type=_numbers, default=None,
+                          help="with --targets pi: 'auto' or comma-separated temperatures, in return units")
     evaluate.add_argument("--envs", nargs="+", default=None)
     evaluate.add_argument("--seeds", type=int, nargs="+", default=None)
     evaluate.add_argument("--episodes", type=int, default=None)

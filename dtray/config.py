@@ -62,6 +62,11 @@ class ModelConfig:
     dropout: float = 0.1
     policy: PolicyKind = "deterministic"  # forced to "discrete" for Discrete actions
     return_conditioned: bool = True  # false hides R̂ from the model: behaviour cloning, same network
+    # A categorical head over binned returns-to-go, p(R | history, s_t), read from the s_t token;
+    # the tokens of a step are then ordered (s_t, R̂_t, a_t) so that s_t has not seen R̂_t.
+    return_head: bool = False
+    return_bins: int = 64  # bins spanning the dataset's return-to-go range
+    return_loss_weight: float = 1.0  # of the return head's cross-entropy; the action loss is unchanged
     init_std: float = 0.02
 
 
@@ -104,7 +109,11 @@ class RunConfig:
 class EvalConfig:
     """The evaluation grid: targets x envs x seeds x episodes."""
 
-    targets: list[float] | Literal["auto"] = "auto"
+    # Target returns, "auto" (quantiles of the dataset's returns and beyond), or "path-integral":
+    # R̂ drawn from p(R | history, s_t) * exp(R / alpha) (models with model.return_head).
+    targets: list[float] | Literal["auto", "path-integral"] = "auto"
+    alpha: list[float] | Literal["auto"] = "auto"  # path-integral temperatures, in return units
+    resample_return: bool = True  # path-integral: draw R̂ at every step; false: once at t=0, then R̂ - r
     envs: list[str] = field(default_factory=list)  # empty = the checkpoint's env
     seeds: list[int] = field(default_factory=lambda: [0])
     episodes: int = 5  # per (env, target, seed) cell

@@ -177,6 +177,11 @@ class LiveContexts:
             first_timestep=self.step[slots] - self.held[slots] + 1,
         )
 
+    def set_returns(self, slots: np.ndarray, returns: np.ndarray) -> None:
+        """Replace the current step's R̂ of each slot (unscaled): path-integral targets are
+        chosen at the step, after the observation."""
+        self.rtg[np.asarray(slots, dtype=np.int64), -1] = returns
+
     def record(self, slots: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray) -> None:
         """Each slot's step: its action, then the next step with ``R_{t+1} = (R_t - r_t) / gamma``."""
         slots = np.asarray(slots, dtype=np.int64)

@@ -9,8 +9,13 @@ One episode loop, :class:`BatchRunner`, steps many episodes together with one ba
 :class:`dtray.data.LiveContexts` (the window builder shared with training). It runs inside
 the pool's actors, in :func:`evaluate_in_process` (in-training evaluation) and in the benchmark.
 
+Path-integral cells (``eval.targets: path-integral``, policies with a return head) have no
+target: at each step (or once, at t=0) R̂ is drawn from p(R | history, s_t) * exp(R / alpha),
+one cell per temperature alpha.
+
 Results (:func:`evaluate_grid`) go to ``out_dir``: ``episodes.parquet``/``episodes.csv`` (one
-row per episode), ``summary.csv`` (one row per policy, env and target) and ``calibration.png``.
+row per episode), ``summary.csv`` (one row per policy, env and target or alpha),
+``calibration.png``, and for path-integral cells ``alpha_curve.csv`` and ``path_integral.png``.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from dtray.policy import Policy
 
 AUTO_QUANTILES = (0.1, 0.5, 0.9)
 BEYOND_MAX = 0.1  # the last auto target lies this fraction of the dataset's return range above its max
+AUTO_ALPHAS = (1.0, 0.3, 0.1, 0.03, 0.01)  # path-integral temperatures, as fractions of that range
 MAX_DEATHS_PER_ACTOR = 3  # actor deaths tolerated per pool slot before the run gives up
-EPISODE_COLUMNS = ("policy", "env", "target", "seed", "episode", "env_seed", "return", "score", "length")
+EPISODE_COLUMNS = ("policy", "env", "target", "alpha", "seed", "episode", "env_seed", "return", "score", "length",
+                   "predicted_return")
 
 
 # --- the grid ---------------------------------------------------------------------------
@@ -49,7 +56,8 @@ EPISODE_COLUMNS = ("policy", "env", "target", "seed", "episode", "env_seed", "re
 
 @dataclass(frozen=True)
 class Cell:
-    """``episodes`` episodes of one policy on one env with one target return and seed."""
+    """``episodes`` episodes of one policy on one env with one target return (or, with
+    ``alpha``, path-integral targets at that temperature; ``target`` is NaN then) and seed."""
 
     id: int
     policy: str
@@ -57,6 +65,8 @@ class Cell:
     target: float
     seed: int
     episodes: int
+    alpha: float | None = None
+    resample: bool = True  # path-integral: draw R̂ every step, else at t=0 only
     env_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
@@ -81,6 +91,13 @@ def auto_targets(return_stats: Mapping[str, Any]) -> list[float]:
     return sorted(targets)
 
 
+def auto_alphas(return_stats: Mapping[str, Any]) -> list[float]:
+    """Temperatures from the data's whole return range (close to p itself) down to a hundredth
+    of it (close to the best return the model believes reachable)."""
+    span = (float(return_stats["max"]) - float(return_stats["min"])) or 1.0
+    return [fraction * span for fraction in AUTO_ALPHAS]
+
+
 def _return_stats(name: str, policy: Policy, dataset_returns: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     stats = dataset_returns if dataset_returns is not None else getattr(policy, "return_stats", None)
     if stats is not None and not {"min", "max"} <= set(stats):
@@ -89,8 +106,10 @@ def _return_stats(name: str, policy: Policy, dataset_returns: Mapping[str, Any] 
 
 
 def make_cells(policies: Mapping[str, Policy], targets: Mapping[str, list[float]], envs: list[str],
-               seeds: list[int], episodes: int) -> list[Cell]:
-    """Every (policy, env, target, seed) cell, after checking that each policy fits each env.
+               seeds: list[int], episodes: int, alphas: Mapping[str, list[float]] | None = None,
+               resample: bool = True) -> list[Cell]:
+    """Every (policy, env, target or alpha, seed) cell, after checking that each policy fits
+    each env and that path-integral cells' policies have a return head.
 
     An empty ``envs`` means each policy's own dataset env; an env with the dataset's id gets
     the dataset's env kwargs."""
@@ -100,14 +119,22 @@ def make_cells(policies: Mapping[str, Policy], targets: Mapping[str, list[float]
         raise DtrayError(f"eval.seeds={seeds}: need one or more non-negative seeds")
     cells = []
     for name, policy in policies.items():
-        if not targets[name]:
+        temperatures = (alphas or {}).get(name, [])
+        if temperatures and not getattr(policy, "has_return_head", False):
+            raise DtrayError(f"policy {name!r} has no return head: path-integral targets need a model trained "
+                             "with model.return_head=true")
+        if any(not alpha > 0 for alpha in temperatures):
+            raise DtrayError(f"eval.alpha={temperatures}: temperatures must be positive")
+        conditions = [(float(t), None) for t in targets[name]] + [(math.nan, float(a)) for a in temperatures]
+        if not conditions:
             raise DtrayError(f"no target returns for policy {name!r}: give eval.targets as a list or 'auto'")
         for env_id in envs or [policy.info.env_id]:
             env_kwargs = policy.info.env_kwargs if env_id == policy.info.env_id else {}
             check_env(name, policy, env_id, env_kwargs)
-            for target in targets[name]:
+            for target, alpha in conditions:
                 for seed in seeds:
-                    cells.append(Cell(len(cells), name, env_id, float(target), int(seed), episodes, dict(env_kwargs)))
+                    cells.append(Cell(len(cells), name, env_id, target, int(seed), episodes, alpha, resample,
+                                      dict(env_kwargs)))
     return cells
 
 
@@ -146,6 +173,7 @@ class EpisodeResult:
     index: int  # episode index within the cell
     ret: float
     length: int
+    predicted: float = math.nan  # E[R | s_0] of a return head; NaN without one
 
 
 @dataclass
@@ -161,6 +189,7 @@ class _Live:
     ret: float = 0.0
     length: int = 0
     ended: bool = False
+    predicted: float = math.nan
 
     def step(self, action: np.ndarray) -> tuple[float, np.ndarray]:
         """One env step with the policy's action: its reward and the next observation."""
@@ -220,18 +249,42 @@ class BatchRunner:
         finished = []
         for name, group in by_policy.items():
             contexts, slots = self.contexts[name], np.array([episode.slot for episode in group])
-            actions = np.asarray(self.policies[name].act(contexts.windows(slots)))
+            windows = contexts.windows(slots)
+            if self._choose_returns(self.policies[name], group, contexts, slots, windows):
+                windows = contexts.windows(slots)
+            actions = np.asarray(self.policies[name].act(windows))
             if len(actions) != len(group):
                 raise DtrayError(f"policy {name!r} returned {len(actions)} actions for {len(group)} windows")
             rewards, observations = zip(*(episode.step(action) for episode, action in zip(group, actions)))
             contexts.record(slots, actions, np.array(rewards), np.stack(observations))
             for episode in group:
                 if episode.ended:
-                    finished.append(EpisodeResult(episode.cell, episode.index, episode.ret, episode.length))
+                    finished.append(EpisodeResult(episode.cell, episode.index, episode.ret, episode.length,
+                                                  episode.predicted))
                     self.idle_envs[_env_key(episode.cell)].append(episode.env)
                     self.free_slots[name].append(episode.slot)
         self.live = [episode for episode in self.live if not episode.ended]
         return finished
+
+    @staticmethod
+    def _choose_returns(policy: Policy, group: list[_Live], contexts: LiveContexts, slots: np.ndarray,
+                        windows: dict[str, np.ndarray]) -> bool:
+        """Path-integral episodes get this step's R̂ from the policy's return head (every step,
+        or at t=0 only); every episode of a policy with a return head keeps the head's
+        prediction E[R | s_0]. True when an R̂ changed, so the windows must be built again."""
+        if not getattr(policy, "has_return_head", False):
+            return False
+        draw = np.array([e.cell.alpha is not None and (e.cell.resample or e.length == 0) for e in group])
+        rows = np.flatnonzero(draw | np.array([e.length == 0 for e in group]))
+        if not len(rows):
+            return False
+        alpha = np.array([group[row].cell.alpha or math.inf for row in rows])
+        drawn, expected = policy.choose_returns({key: value[rows] for key, value in windows.items()}, alpha)
+        for row, value in zip(rows, expected):
+            if group[row].length == 0:
+                group[row].predicted = float(value)
+        contexts.set_returns(slots[rows[draw[rows]]], drawn[draw[rows]])
+        return bool(draw.any())
 
     def _start(self, cell: Cell, index: int) -> _Live:
         key = _env_key(cell)
@@ -245,7 +298,7 @@ class BatchRunner:
                                                       info.observation_space.dtype, action_shape, action_dtype)
             self.free_slots[cell.policy] = list(range(self.num_envs))
         slot = self.free_slots[cell.policy].pop()
-        self.contexts[cell.policy].start(slot, cell.target, obs)
+        self.contexts[cell.policy].start(slot, 0.0 if cell.alpha is not None else cell.target, obs)
         limit = self.max_steps or (env.spec.max_episode_steps if env.spec else None) or policy.spec.max_ep_len
         return _Live(cell, index, env, slot, limit)
 
@@ -276,10 +329,13 @@ def _score(info, env_id: str, ret):
 
 
 def evaluate_in_process(policy: Policy, targets: list[float], episodes: int, seed: int,
-                        env_id: str | None = None, max_steps: int = 0, num_envs: int = 16) -> dict[str, float]:
-    """Mean return and normalised score over ``targets`` x ``episodes`` (one seed), stepped
-    in this process: periodic evaluation on a training worker, without actors."""
-    cells = make_cells({"policy": policy}, {"policy": list(targets)}, [env_id] if env_id else [], [seed], episodes)
+                        env_id: str | None = None, max_steps: int = 0, num_envs: int = 16,
+                        alphas: list[float] = (), resample: bool = True) -> dict[str, float]:
+    """Mean return and normalised score over (``targets`` and path-integral ``alphas``) x
+    ``episodes`` (one seed), stepped in this process: periodic evaluation on a training
+    worker, without actors."""
+    cells = make_cells({"policy": policy}, {"policy": list(targets)}, [env_id] if env_id else [], [seed], episodes,
+                       {"policy": list(alphas)}, resample)
     runner = BatchRunner({"policy": policy}, num_envs, max_steps)
     try:
         results = runner.run(cells)
@@ -315,8 +371,8 @@ class EvalActor:
         self.waiting: dict[int, tuple[asyncio.Future, list]] = {}
         self.stepping: asyncio.Task | None = None
 
-    async def run_cell(self, cell: Cell) -> list[tuple[int, float, int]]:
-        """(episode index, return, length) of every episode of ``cell``, by index."""
+    async def run_cell(self, cell: Cell) -> list[tuple[int, float, int, float]]:
+        """(episode index, return, length, predicted return) of every episode of ``cell``, by index."""
         future = asyncio.get_running_loop().create_future()
         self.waiting[cell.id] = (future, [])
         self.runner.submit(cell)
@@ -329,7 +385,7 @@ class EvalActor:
             while self.runner.busy:
                 for result in self.runner.step():
                     future, episodes = self.waiting[result.cell.id]
-                    episodes.append((result.index, result.ret, result.length))
+                    episodes.append((result.index, result.ret, result.length, result.predicted))
                     if len(episodes) == result.cell.episodes:
                         del self.waiting[result.cell.id]
                         future.set_result(sorted(episodes))
@@ -342,7 +398,7 @@ class EvalActor:
 
 
 def run_on_pool(cells: list[Cell], factories: Mapping[str, Callable[[], Policy]], config: EvalConfig,
-                progress: Progress) -> dict[int, list[tuple[int, float, int]]]:
+                progress: Progress) -> dict[int, list[tuple[int, float, int, float]]]:
     """The episodes of every cell, each cell exactly once, on ``config.num_actors`` actors.
 
     Each actor holds enough cells to keep all its envs busy (the next one included); a cell
@@ -422,26 +478,28 @@ class Progress:
 class EvalResult:
     out_dir: Path
     episodes: pd.DataFrame  # one row per episode, EPISODE_COLUMNS
-    summary: pd.DataFrame  # one row per (policy, env, target)
+    summary: pd.DataFrame  # one row per (policy, env, target or alpha)
     seconds: float
 
 
-def episode_table(cells: list[Cell], results: Mapping[int, list[tuple[int, float, int]]],
+def episode_table(cells: list[Cell], results: Mapping[int, list[tuple[int, float, int, float]]],
                   infos: Mapping[str, Any]) -> pd.DataFrame:
     rows = [
-        (cell.policy, cell.env_id, cell.target, cell.seed, index, episode_seed(cell.seed, index), ret,
-         float(_score(infos[cell.policy], cell.env_id, ret)), length)
-        for cell in cells for index, ret, length in results[cell.id]
+        (cell.policy, cell.env_id, cell.target, math.nan if cell.alpha is None else cell.alpha, cell.seed, index,
+         episode_seed(cell.seed, index), ret, float(_score(infos[cell.policy], cell.env_id, ret)), length, predicted)
+        for cell in cells for index, ret, length, predicted in results[cell.id]
     ]
     return pd.DataFrame(rows, columns=list(EPISODE_COLUMNS))
 
 
 def summarise(episodes: pd.DataFrame) -> pd.DataFrame:
-    """Per (policy, env, target): achieved return mean and (sample) std over all seeds and
-    episodes, mean normalised score, and the calibration error |mean achieved - target|."""
-    summary = episodes.groupby(["policy", "env", "target"], sort=True).agg(
+    """Per (policy, env, target or alpha): achieved return mean and (sample) std over all seeds
+    and episodes, mean normalised score, the calibration error |mean achieved - target| and
+    the return head's mean prediction at t=0."""
+    summary = episodes.groupby(["policy", "env", "target", "alpha"], sort=True, dropna=False).agg(
         episodes=("return", "size"), return_mean=("return", "mean"), return_std=("return", "std"),
-        score_mean=("score", "mean"), length_mean=("length", "mean")).reset_index()
+        score_mean=("score", "mean"), length_mean=("length", "mean"),
+        predicted_mean=("predicted_return", "mean")).reset_index()
     summary["calibration_error"] = (summary["return_mean"] - summary["target"]).abs()
     return summary
 
@@ -451,6 +509,7 @@ def plot_calibration(summary: pd.DataFrame, return_ranges: Mapping[str, tuple[st
     return range(s) of the policies trained on that env shaded along the target axis."""
     from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global backend state
 
+    summary = summary[summary["alpha"].isna()]
     envs = sorted(summary["env"].unique())
     fig = Figure(figsize=(5.5 * len(envs), 4.5), layout="constrained")
     for ax, env in zip(fig.subplots(1, len(envs), squeeze=False)[0], envs):
@@ -471,6 +530,38 @@ def plot_calibration(summary: pd.DataFrame, return_ranges: Mapping[str, tuple[st
     fig.savefig(path, format="png", dpi=100)
 
 
+def alpha_curve(summary: pd.DataFrame) -> pd.DataFrame:
+    """The path-integral rows: per (policy, env, alpha), achieved and predicted returns, score."""
+    rows = summary[summary["alpha"].notna()]
+    return rows[["policy", "env", "alpha", "episodes", "return_mean", "return_std", "score_mean",
+                 "predicted_mean"]].sort_values(["policy", "env", "alpha"]).reset_index(drop=True)
+
+
+def plot_path_integral(curve: pd.DataFrame, path) -> None:
+    """Per env: normalised score against alpha (log axis: falling alpha to the left), and the
+    return head's mean prediction at t=0 against the mean return achieved, per alpha."""
+    from matplotlib.figure import Figure
+
+    envs = sorted(curve["env"].unique())
+    fig = Figure(figsize=(10, 4.2 * len(envs)), layout="constrained")
+    for (score_ax, predicted_ax), env in zip(fig.subplots(len(envs), 2, squeeze=False), envs):
+        for name, group in curve[curve["env"] == env].groupby("policy"):
+            score_ax.plot(group["alpha"], group["score_mean"], marker="o", label=name)
+            predicted_ax.scatter(group["predicted_mean"], group["return_mean"], label=name)
+        score_ax.set(title=f"{env}: path-integral targets", xscale="log", xlabel="alpha (return units)",
+                     ylabel="normalised score")
+        rows = curve[curve["env"] == env]
+        values = pd.concat([rows["predicted_mean"], rows["return_mean"]]).dropna()
+        if len(values):
+            predicted_ax.plot([values.min(), values.max()], [values.min(), values.max()], "k--", lw=1,
+                              label="achieved = predicted")
+        predicted_ax.set(title=f"{env}: return head at t=0", xlabel="mean predicted return (untilted)",
+                         ylabel="mean achieved return")
+        for ax in (score_ax, predicted_ax):
+            ax.legend(fontsize="small")
+    fig.savefig(path, format="png", dpi=100)
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write to a hidden temp file next to ``path``, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -482,15 +573,22 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_results(out_dir, episodes: pd.DataFrame, summary: pd.DataFrame,
-                  return_ranges: Mapping[str, tuple[str, float, float]]) -> Path:
-    out_dir = Path(out_dir)
+def write_results(out_dir: Path, episodes: pd.DataFrame, summary: pd.DataFrame,
+                  return_ranges: Mapping[str, tuple[str, float, float]]) -> list[str]:
+    """Write the result files; returns their names."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "episodes.parquet", lambda p: episodes.to_parquet(p, index=False))
-    _write_atomic(out_dir / "episodes.csv", lambda p: episodes.to_csv(p, index=False))
-    _write_atomic(out_dir / "summary.csv", lambda p: summary.to_csv(p, index=False))
-    _write_atomic(out_dir / "calibration.png", lambda p: plot_calibration(summary, return_ranges, p))
-    return out_dir
+    curve = alpha_curve(summary)
+    files = {"episodes.parquet": lambda p: episodes.to_parquet(p, index=False),
+             "episodes.csv": lambda p: episodes.to_csv(p, index=False),
+             "summary.csv": lambda p: summary.to_csv(p, index=False)}
+    if summary["alpha"].isna().any():
+        files["calibration.png"] = lambda p: plot_calibration(summary, return_ranges, p)
+    if len(curve):
+        files["alpha_curve.csv"] = lambda p: curve.to_csv(p, index=False)
+        files["path_integral.png"] = lambda p: plot_path_integral(curve, p)
+    for name, write in files.items():
+        _write_atomic(out_dir / name, write)
+    return list(files)
 
 
 def format_summary(summary: pd.DataFrame) -> str:
@@ -498,24 +596,38 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 
 def best_targets(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (policy, env): the target whose episodes scored highest on average, and that score."""
+    """Per (policy, env): the target (or alpha) whose episodes scored highest on average, and that score."""
     scored = summary.dropna(subset=["score_mean"])
     rows = scored.loc[scored.groupby(["policy", "env"])["score_mean"].idxmax()]
-    return rows[["policy", "env", "target", "return_mean", "score_mean"]].reset_index(drop=True)
+    return rows[["policy", "env", "target", "alpha", "return_mean", "score_mean"]].reset_index(drop=True)
 
 
 # --- entry points -----------------------------------------------------------------------
 
 
 def _targets(targets, name: str, stats: Mapping[str, Any] | None) -> list[float]:
+    if targets == "path-integral":
+        return []
     if isinstance(targets, str):
         if targets != "auto":
-            raise DtrayError(f"eval.targets={targets!r}: expected a list of returns or 'auto'")
-        if stats is None:
-            raise DtrayError(f"eval.targets='auto' needs the dataset's return range, but policy {name!r} has no "
-                             "return_stats: give the target returns as a list")
-        return auto_targets(stats)
+            raise DtrayError(f"eval.targets={targets!r}: expected a list of returns, 'auto' or 'path-integral'")
+        return auto_targets(_need_range(stats, name, "eval.targets='auto'", "give the target returns as a list"))
     return [float(target) for target in targets]
+
+
+def eval_alphas(config: EvalConfig, name: str, stats: Mapping[str, Any] | None) -> list[float]:
+    """The path-integral temperatures of ``config`` (none unless eval.targets is path-integral)."""
+    if config.targets != "path-integral":
+        return []
+    if config.alpha == "auto":
+        return auto_alphas(_need_range(stats, name, "eval.alpha='auto'", "give eval.alpha as a list"))
+    return [float(alpha) for alpha in config.alpha]
+
+
+def _need_range(stats: Mapping[str, Any] | None, name: str, setting: str, fix: str) -> Mapping[str, Any]:
+    if stats is None:
+        raise DtrayError(f"{setting} needs the dataset's return range, but policy {name!r} has no return_stats: {fix}")
+    return stats
 
 
 def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: EvalConfig, out_dir,
@@ -533,7 +645,9 @@ def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: 
     policies = {name: factory() for name, factory in policy_factories.items()}
     stats = {name: _return_stats(name, policy, dataset_returns) for name, policy in policies.items()}
     targets = {name: _targets(config.targets, name, stats[name]) for name in policies}
-    cells = make_cells(policies, targets, list(config.envs), list(config.seeds), config.episodes)
+    alphas = {name: eval_alphas(config, name, stats[name]) for name in policies}
+    cells = make_cells(policies, targets, list(config.envs), list(config.seeds), config.episodes, alphas,
+                       config.resample_return)
     infos = {name: policy.info for name, policy in policies.items()}
     del policies  # actors build their own
 
@@ -543,12 +657,14 @@ def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: 
     episodes = episode_table(cells, results, infos)
     summary = summarise(episodes)
     ranges = {name: (infos[name].env_id, float(s["min"]), float(s["max"])) for name, s in stats.items() if s}
-    out_dir = write_results(out_dir, episodes, summary, ranges)
+    out_dir = Path(out_dir)
+    written = write_results(out_dir, episodes, summary, ranges)
     print(format_summary(summary))
     print(f"{len(episodes)} episodes in {seconds:.1f} s ({len(episodes) / seconds:.1f} episodes/s); "
-          f"results in {out_dir} (episodes.parquet, episodes.csv, summary.csv, calibration.png)")
+          f"results in {out_dir} ({', '.join(written)})")
     for row in best_targets(summary).itertuples():
-        print(f"best normalised score: {row.score_mean:.1f} ({row.policy} on {row.env}, target {row.target:.2f}, "
+        condition = f"target {row.target:.2f}" if math.isnan(row.alpha) else f"path-integral alpha {row.alpha:.3g}"
+        print(f"best normalised score: {row.score_mean:.1f} ({row.policy} on {row.env}, {condition}, "
               f"return {row.return_mean:.2f})")
     return EvalResult(out_dir, episodes, summary, seconds)
 

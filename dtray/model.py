@@ -1,7 +1,8 @@
 """The Decision Transformer: a causal Transformer over (R̂_t, s_t, a_t) tokens.
 
 One module, read top to bottom: the Transformer block (pre-LN, SDPA, GELU MLP), the
-image encoder, the policy heads' maths, then :class:`DecisionTransformer` itself.
+image encoder, the policy heads' maths, the path-integral tilt of the return head, then
+:class:`DecisionTransformer` itself.
 
 Batches follow :func:`dtray.data.build_windows`: ``states`` (B,K,*obs) float32 (uint8 for
 images), ``actions`` (B,K,act_dim) float32 or (B,K) int64, ``returns_to_go`` (B,K),
@@ -21,7 +22,8 @@ from torch import nn
 
 from dtray.config import ModelConfig
 
-TOKENS_PER_STEP = 3  # R̂_t, s_t, a_t
+TOKENS_PER_STEP = 3  # R̂_t, s_t, a_t; (s_t, R̂_t, a_t) with a return head
+ACTION_READ, RETURN_READ = 1, 0  # token of a step that each head reads: the one before a_t; s_t
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # Online DT's range for the Gaussian head
 ATANH_EPS = 1e-6  # dataset actions are clipped into (-1, 1) before atanh
 
@@ -123,6 +125,16 @@ def tanh_gaussian_log_prob(u: torch.Tensor, dist: Gaussian) -> torch.Tensor:
     return (normal - log_det).sum(-1)
 
 
+# --- the return head's path-integral tilt ------------------------------------------------
+
+
+def tilted_log_probs(logits: torch.Tensor, returns: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """log of p(R) * exp(R / alpha) / Z over return bins: the data's path weight applied to the
+    model's belief p(R | history, s_t). ``logits`` (B, n), ``returns`` (n,) the bins' returns,
+    ``alpha`` (B,) in the same units: alpha -> inf leaves p, alpha -> 0 picks the highest bin."""
+    return torch.log_softmax(logits.float() + returns.float() / alpha.float()[:, None], dim=-1)
+
+
 def bf16_pays(device: torch.device) -> bool:
     """bf16 matmuls are fast on GPUs that support bf16 (Ampere and later) and on CPUs with native
     bf16 (AVX512-BF16, AMX, Arm bf16); elsewhere (e.g. AVX2-only CPUs) they are emulated and
@@ -149,14 +161,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class DecisionTransformer(nn.Module):
-    """Predicts a_t from the hidden state of the s_t token, given (R̂, s, a) up to s_t.
+    """Predicts a_t from the hidden state of the token before a_t: s_t, given (R̂, s, a) up
+    to s_t. With ``return_head`` a step's tokens are (s_t, R̂_t, a_t): a_t is read from R̂_t,
+    and a categorical p(R̂_t | history, s_t) over return bins from s_t, which has not seen R̂_t.
 
     Continuous actions live in [-1, 1] inside the model: inputs are normalised with the
     action bounds, and tanh outputs are mapped back to [low, high] by :meth:`to_env`.
+    ``return_range`` (low, high), in model units (returns / rtg_scale), places the return bins.
     """
 
     def __init__(self, config: ModelConfig, obs_shape: tuple[int, ...], act_dim: int, discrete: bool,
-                 context_len: int, max_ep_len: int, action_low=None, action_high=None):
+                 context_len: int, max_ep_len: int, action_low=None, action_high=None,
+                 return_range: tuple[float, float] | None = None):
         super().__init__()
         if discrete != (config.policy == "discrete"):
             raise ValueError(f"policy={config.policy!r} does not fit {'discrete' if discrete else 'continuous'} actions")
@@ -176,6 +192,17 @@ class DecisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, 2 * act_dim if config.policy == "stochastic" else act_dim, bias=not discrete)
+        if config.return_head:
+            if return_range is None or not return_range[1] > return_range[0] or config.return_bins < 2:
+                raise ValueError(f"return_head needs return_range low < high and return_bins >= 2, "
+                                 f"got {return_range} and {config.return_bins}")
+            self.return_head = nn.Linear(d, config.return_bins)
+            low, high = return_range
+            width = (high - low) / config.return_bins
+            self.register_buffer("return_low", torch.tensor(float(low)), persistent=False)
+            self.register_buffer("return_width", torch.tensor(float(width)), persistent=False)
+            self.register_buffer("return_centers", low + width * (torch.arange(config.return_bins) + 0.5),
+                                 persistent=False)
 
         T = TOKENS_PER_STEP * context_len
         self.register_buffer("causal", torch.ones(T, T, dtype=torch.bool).tril(), persistent=False)
@@ -201,31 +228,56 @@ class DecisionTransformer(nn.Module):
     # --- forward ------------------------------------------------------------------------
 
     def forward(self, states, actions, returns_to_go, timesteps, mask, last_only: bool = False) -> torch.Tensor | Gaussian:
-        """The head's raw output at every step (junk at padded ones), read from the s_t tokens:
-        pre-tanh means (B,K,act_dim) for "deterministic", a pre-tanh :class:`Gaussian` for
-        "stochastic", logits (B,K,n) for "discrete". ``last_only``: the last step only (K=1),
-        all that acting needs; the last block then computes one query per window."""
-        B, K = mask.shape
+        """The action head's raw output at every step (junk at padded ones): pre-tanh means
+        (B,K,act_dim) for "deterministic", a pre-tanh :class:`Gaussian` for "stochastic",
+        logits (B,K,n) for "discrete". ``last_only``: the last step only (K=1), all that
+        acting needs; the last block then computes one query per window."""
+        rows = self._rows(mask.shape[1], ACTION_READ, last_only)
+        return self._action_output(self._hidden(states, actions, returns_to_go, timesteps, mask, rows))
+
+    def _rows(self, K: int, token: int, last_only: bool) -> slice:
+        """Token rows that a head reads: ``token`` of every step, or of the last step only."""
         T = TOKENS_PER_STEP * K
+        return slice(T - TOKENS_PER_STEP + token, T - TOKENS_PER_STEP + token + 1) if last_only \
+            else slice(token, None, TOKENS_PER_STEP)
+
+    def _hidden(self, states, actions, returns_to_go, timesteps, mask, rows: slice) -> torch.Tensor:
+        """Final hidden states (B, rows, d) of the token ``rows``; the last block computes only those."""
+        B, K = mask.shape
         if not self.config.return_conditioned:
             returns_to_go = torch.zeros_like(returns_to_go)
         if self.discrete:
             action_tokens = self.embed_action(actions)
         else:
             action_tokens = self.embed_action(self.normalize_action(actions))
-        tokens = torch.stack(
-            (self.embed_return(returns_to_go.unsqueeze(-1)), self.embed_state(states), action_tokens), dim=2)
-        tokens = tokens + self.embed_timestep(timesteps).unsqueeze(2)  # (B, K, 3, d)
-        x = self.drop(self.embed_ln(tokens.reshape(B, T, -1)))
+        return_tokens, state_tokens = self.embed_return(returns_to_go.unsqueeze(-1)), self.embed_state(states)
+        order = (state_tokens, return_tokens) if self.config.return_head else (return_tokens, state_tokens)
+        tokens = torch.stack((*order, action_tokens), dim=2) + self.embed_timestep(timesteps).unsqueeze(2)  # (B, K, 3, d)
+        x = self.drop(self.embed_ln(tokens.reshape(B, TOKENS_PER_STEP * K, -1)))
         allowed = self._allowed(mask)
         for block in self.blocks[:-1]:
             x = block(x, allowed)
-        state_tokens = slice(T - 2, T - 1) if last_only else slice(1, None, TOKENS_PER_STEP)
-        out = self.head(self.ln_f(self.blocks[-1](x, allowed, state_tokens)))
+        return self.ln_f(self.blocks[-1](x, allowed, rows))
+
+    def _action_output(self, hidden: torch.Tensor) -> torch.Tensor | Gaussian:
+        out = self.head(hidden)
         if self.config.policy != "stochastic":
             return out
         mean, raw_log_std = out.chunk(2, dim=-1)  # log_std: a soft clamp as in Online DT, never a dead gradient
         return Gaussian(mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_log_std) + 1.0))
+
+    def return_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B, return_bins) of p(R̂_t | history, s_t) at each window's last step; the
+        step's own R̂_t comes after s_t, so whatever it holds does not matter."""
+        rows = self._rows(batch["mask"].shape[1], RETURN_READ, last_only=True)
+        hidden = self._hidden(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                              batch["mask"], rows)
+        return self.return_head(hidden[:, -1]).float()
+
+    def return_bin(self, returns_to_go: torch.Tensor) -> torch.Tensor:
+        """The bin of each return-to-go (model units); returns outside the range go to the edge bins."""
+        index = torch.floor((returns_to_go.float() - self.return_low) / self.return_width).long()
+        return index.clamp(0, self.config.return_bins - 1)
 
     def _allowed(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, T) bool, True = may attend: causal and never to a padded key. Every token
@@ -247,8 +299,21 @@ class DecisionTransformer(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor], entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Masked loss over real steps, computed in fp32 (also under autocast), and metrics:
         ``action_error`` (MSE in env units, or the error rate for discrete actions), plus
-        ``nll`` and ``entropy`` for the stochastic policy."""
-        out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
+        ``nll`` and ``entropy`` for the stochastic policy. With a return head its weighted
+        cross-entropy on the binned true R̂_t is added (metric ``return_nll``)."""
+        if not self.config.return_head:
+            return self._action_loss(self(batch["states"], batch["actions"], batch["returns_to_go"],
+                                          batch["timesteps"], batch["mask"]), batch, entropy_coef)
+        hidden = self._hidden(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                              batch["mask"], slice(None))
+        hidden = hidden.unflatten(1, (-1, TOKENS_PER_STEP))  # (B, K, 3, d)
+        loss, metrics = self._action_loss(self._action_output(hidden[:, :, ACTION_READ]), batch, entropy_coef)
+        logits = self.return_head(hidden[:, :, RETURN_READ]).float()
+        nll = F.cross_entropy(logits.flatten(0, 1), self.return_bin(batch["returns_to_go"]).flatten(), reduction="none")
+        return_nll = masked_mean(nll.view_as(batch["mask"]), batch["mask"].float())
+        return loss + self.config.return_loss_weight * return_nll, {**metrics, "return_nll": return_nll.detach()}
+
+    def _action_loss(self, out, batch: dict[str, torch.Tensor], entropy_coef: float):
         mask, target = batch["mask"].float(), batch["actions"]
         if self.config.policy == "discrete":
             logits = out.float()

@@ -9,7 +9,7 @@ import torch
 
 from dtray.data import WindowSpec
 from dtray.format import DatasetInfo
-from dtray.model import autocast
+from dtray.model import autocast, tilted_log_probs
 
 
 class Policy(Protocol):
@@ -53,6 +53,27 @@ class DTPolicy:
         self.model.train(was_training)
         return actions.astype(np.int64) if self.info.discrete else actions
 
+    @property
+    def has_return_head(self) -> bool:
+        return bool(self.model.config.return_head)
+
+    @torch.no_grad()
+    def choose_returns(self, windows: dict[str, np.ndarray], alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Path-integral targets: for each window's current step, R̂ drawn from
+        p(R | history, s_t) * exp(R / alpha), and the model's untilted mean E_p[R] (its
+        prediction of the return), both in return units (float64)."""
+        was_training = self.model.training
+        self.model.eval()
+        batch = {key: torch.as_tensor(value, device=self.device) for key, value in windows.items()}
+        with autocast(self.amp, self.device):
+            logits = self.model.return_logits(batch)
+        self.model.train(was_training)
+        returns = self.model.return_centers.float() * self.spec.rtg_scale
+        expected = torch.softmax(logits, dim=-1) @ returns
+        alpha = torch.as_tensor(np.asarray(alpha, dtype=np.float32), device=logits.device)
+        drawn = torch.multinomial(tilted_log_probs(logits, returns, alpha).exp(), 1).squeeze(1)
+        return returns[drawn].double().cpu().numpy(), expected.double().cpu().numpy()
+
 
 def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", deterministic: bool = True) -> DTPolicy:
     """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``);
@@ -62,6 +83,6 @@ def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", determin
     if hasattr(checkpoint_dir, "to_directory"):
         checkpoint_dir = checkpoint_dir.to_directory()
     config, spec, info, stats = checkpoint.read_meta(checkpoint_dir)
-    model = checkpoint.build_model(config, info)
+    model = checkpoint.build_model(config, info, stats)
     checkpoint.load_weights(checkpoint_dir, model)
     return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp, deterministic)

@@ -77,7 +77,7 @@ class Trainer:
         if config.run.torch_threads:
             torch.set_num_threads(config.run.torch_threads)
         torch.manual_seed(config.train.seed)  # identical init on every rank
-        self.model = checkpoint.build_model(config, info).to(self.device)
+        self.model = checkpoint.build_model(config, info, stats).to(self.device)
         tc = config.train
         self.optimizer = torch.optim.AdamW(
             self.model.optimizer_groups(tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
@@ -160,16 +160,20 @@ class Trainer:
         return {"val_loss": (totals[0] / totals[2]).item(), "val_action_error": (totals[1] / totals[2]).item()}
 
     def evaluate_in_env(self) -> dict[str, float]:
-        """A small return-conditioned rollout grid on rank 0 (others report NaN)."""
+        """A small rollout grid on rank 0 (others report NaN): asking for the dataset's best
+        return or, with path-integral targets, at the lowest temperature of ``eval.alpha``."""
         if self.rank != 0:
             return {"eval_return": float("nan"), "eval_score": float("nan")}
-        from dtray.evaluate import evaluate_in_process
+        from dtray.evaluate import eval_alphas, evaluate_in_process
         from dtray.policy import DTPolicy
 
-        policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device, amp=self.config.eval.amp,
-                          deterministic=self.config.eval.deterministic)
-        result = evaluate_in_process(policy, targets=[self.stats.return_max], episodes=self.config.eval.episodes,
-                                     seed=self.config.train.seed, max_steps=self.config.eval.max_steps)
+        config = self.config.eval
+        policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device, amp=config.amp,
+                          deterministic=config.deterministic)
+        alphas = eval_alphas(config, "training", policy.return_stats)
+        result = evaluate_in_process(policy, targets=[] if alphas else [self.stats.return_max],
+                                     episodes=config.episodes, seed=self.config.train.seed, max_steps=config.max_steps,
+                                     alphas=alphas and [min(alphas)], resample=config.resample_return)
         return {"eval_return": float(result["return"]), "eval_score": float(result["score"])}
 
     def train_state(self) -> dict[str, Any]:

@@ -57,14 +57,16 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
     runs = pd.DataFrame([
         {"dataset": "cartpole-medium", "method": method, "seed": seed, "steps": 100, "best_score": score,
          "spearman": 0.9, "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0}
-        for method, scores in (("dt", (80.0, 90.0)), ("bc", (60.0, 70.0))) for seed, score in enumerate(scores)])
+        for method, scores in (("dt", (80.0, 90.0)), ("bc", (60.0, 70.0)), ("pi", (84.0, 86.0)))
+        for seed, score in enumerate(scores)])
     doc = tmp_path / "results.md"
     doc.write_text(f"# Results\nprose\n{bench.TABLE_START}\nold table\n{bench.TABLE_END}\nmore prose\n")
     bench.write_report(runs, tmp_path, doc)
     text = doc.read_text()
     assert text.startswith("# Results\nprose\n") and text.endswith(f"{bench.TABLE_END}\nmore prose\n")
     assert "old table" not in text
-    assert "| cartpole-medium | 85.0 ± 7.1 | 65.0 ± 7.1 | 0.90 ± 0.00 | 50.0 / 100.0 | 2 | 12 |" in text
+    assert ("| cartpole-medium | 85.0 ± 7.1 | 65.0 ± 7.1 | 85.0 ± 1.4 | 0.90 ± 0.00 | 0.90 ± 0.00 | 50.0 / 100.0 "
+            "| 2/2/2 | 12 |") in text
 
 
 def test_gpu_benchmark_skips_cleanly_without_a_gpu():

