@@ -592,7 +592,9 @@ def write_results(out_dir: Path, episodes: pd.DataFrame, summary: pd.DataFrame,
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    return summary.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+    """The summary as printed: columns that hold nothing for this grid (alpha, predicted_mean
+    without path-integral cells or a return head) are left out."""
+    return summary.dropna(axis=1, how="all").to_string(index=False, float_format=lambda v: f"{v:.2f}")
 
 
 def best_targets(summary: pd.DataFrame) -> pd.DataFrame:
