@@ -206,6 +206,47 @@ def make_datasets(name: str, episodes: int, root: Path) -> tuple[str, str]:
     return str(one), str(ten)
 
 
+def validation_cost(path: str, repeats: int = 5) -> dict[str, float]:
+    """Seconds (median of ``repeats``) for the episode checks on the dataset's first file,
+    against the statistics pass that runs them (once per run) and one epoch of window cutting
+    of the same file (every epoch), both in process."""
+    import pyarrow as pa
+
+    from dtray import data
+    from dtray.config import DataConfig
+    from dtray.format import read_info
+
+    info, file = read_info(path), sorted(Path(path).glob("*.parquet"))[0]
+    table = pq.read_table(file)
+    with_path = table.append_column(data.PATH_COLUMN, pa.array([str(file)] * table.num_rows))
+    config = DataConfig(paths=[path], context_len=K)
+    summary = data._summarise_episodes(with_path, info, config, seed=0)
+    steps = summary["length"].sum()
+    mean = summary["state_sum"].sum(0) / steps
+    std = np.sqrt(np.maximum(summary["state_sumsq"].sum(0) / steps - mean ** 2, 1e-12))
+    returns = summary["ret"]
+    stats = data.NormStats(state_mean=tuple(mean), state_std=tuple(std), train_episodes=len(returns),
+                           train_steps=int(steps), val_episodes=0, val_steps=0, return_min=float(returns.min()),
+                           return_max=float(returns.max()), return_mean=float(returns.mean()),
+                           return_std=float(returns.std()), return_quantiles={}, log_z=0.0,
+                           top_threshold=float(returns.min()))
+    spec = data.WindowSpec.from_config(config, stats)
+
+    def median_seconds(work) -> float:
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            seconds.append(time.perf_counter() - start)
+        return float(np.median(seconds))
+
+    return {"checks": median_seconds(lambda: data.check_episodes(str(file), table, info)),
+            "stats_pass": median_seconds(lambda: data._summarise_episodes(with_path, info, config, seed=0)),
+            "epoch_of_windows": median_seconds(lambda: sum(1 for _ in data._cut_windows(
+                with_path, info, spec, config, stats, 0, "train", 1))),
+            "steps": int(steps)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="pendulum-medium-replay", help="built-in dataset to stream (1x and 10x)")
@@ -215,6 +256,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["in_memory", "streaming"])
     parser.add_argument("--data")
     parser.add_argument("--data-memory-mb", type=int, help="data.data_memory_mb (default: DataConfig's)")
+    parser.add_argument("--validation-only", action="store_true", help="only the cost of the episode checks")
     args = parser.parse_args()
     if args.child:
         if args.child == "in_memory":
@@ -229,6 +271,14 @@ def main() -> None:
     paced = f"{args.pace:,.0f}/s"
     with tempfile.TemporaryDirectory(prefix="bench-data-") as root:
         one, ten = make_datasets(args.dataset, args.episodes, Path(root))
+        cost = validation_cost(one)
+        print(f"episode checks on one file ({cost['steps']:,} steps): {1e3 * cost['checks']:.1f} ms = "
+              f"{100 * cost['checks'] / cost['stats_pass']:.0f}% of its statistics pass "
+              f"({1e3 * cost['stats_pass']:.0f} ms, once per run), "
+              f"{100 * cost['checks'] / cost['epoch_of_windows']:.1f}% of one epoch of its windows "
+              f"({1e3 * cost['epoch_of_windows']:.0f} ms)", flush=True)
+        if args.validation_only:
+            return
         info, _, _, lengths = episode_returns(one)
         rows = [("in-memory get_batch (DT)", "1x", "fast", measure("in_memory", one, args.windows)),
                 (streaming, "1x", "fast", measure("streaming", one, args.windows)),
