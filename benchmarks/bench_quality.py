@@ -202,7 +202,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.scatter(x, data["data_mean"], marker="_", s=200, color="black", zorder=3, label="dataset mean")
     ax.axhline(100, color="0.4", lw=0.8, ls="--")
     ax.set_xticks(x, datasets, rotation=60, ha="right", fontsize="small")
-    ax.set(ylabel="normalised score at best target (mean ± std over seeds)",
+    ax.set(ylabel="score at best target (mean ± std)",
            title=f"dtray score table ({steps:,} steps per run)")
     ax.legend(fontsize="small")
     fig.savefig(path, format="png", dpi=100)
