@@ -41,16 +41,23 @@ class DTPolicy:
         }
 
     @torch.no_grad()
-    def act(self, windows: dict[str, np.ndarray], deterministic: bool | None = None) -> np.ndarray:
-        """Actions for a batch of windows; ``deterministic`` (default: the policy's own setting)
-        takes the mean or argmax, else samples from the stochastic or discrete head."""
-        deterministic = self.deterministic if deterministic is None else deterministic
+    def _evaluate(self, method, windows: dict[str, np.ndarray], **kwargs) -> torch.Tensor:
+        """``method(batch, **kwargs)`` of the model in eval mode (dropout off) under the
+        policy's autocast, on the windows moved to the policy's device; the model's own
+        mode is restored after (it may be a training worker's model)."""
         was_training = self.model.training
         self.model.eval()
         batch = {key: torch.as_tensor(value, device=self.device) for key, value in windows.items()}
         with autocast(self.amp, self.device):
-            actions = self.model.predict(batch, deterministic=deterministic).float().cpu().numpy()
+            out = method(batch, **kwargs)
         self.model.train(was_training)
+        return out
+
+    def act(self, windows: dict[str, np.ndarray], deterministic: bool | None = None) -> np.ndarray:
+        """Actions for a batch of windows; ``deterministic`` (default: the policy's own setting)
+        takes the mean or argmax, else samples from the stochastic or discrete head."""
+        deterministic = self.deterministic if deterministic is None else deterministic
+        actions = self._evaluate(self.model.predict, windows, deterministic=deterministic).float().cpu().numpy()
         return actions.astype(np.int64) if self.info.discrete else actions
 
     @property
@@ -62,18 +69,12 @@ class DTPolicy:
         """Path-integral targets: for each window's current step, R̂ drawn from
         p(R | history, s_t) * exp(R / alpha), and the model's untilted mean E_p[R] (its
         prediction of the return), both in return units (float64)."""
-        was_training = self.model.training
-        self.model.eval()
-        batch = {key: torch.as_tensor(value, device=self.device) for key, value in windows.items()}
-        with autocast(self.amp, self.device):
-            logits = self.model.return_logits(batch)
-        self.model.train(was_training)
+        logits = self._evaluate(self.model.return_logits, windows)
         returns = self.model.return_centers.float() * self.spec.rtg_scale
         expected = torch.softmax(logits, dim=-1) @ returns
         alpha = torch.as_tensor(np.asarray(alpha, dtype=np.float32), device=logits.device)
         drawn = torch.multinomial(tilted_log_probs(logits, returns, alpha).exp(), 1).squeeze(1)
         return returns[drawn].double().cpu().numpy(), expected.double().cpu().numpy()
-
 
 def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", deterministic: bool = True) -> DTPolicy:
     """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``);

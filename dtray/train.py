@@ -170,10 +170,10 @@ class Trainer:
         config = self.config.eval
         policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device, amp=config.amp,
                           deterministic=config.deterministic)
-        alphas = eval_alphas(config, "training", policy.return_stats)
-        result = evaluate_in_process(policy, targets=[] if alphas else [self.stats.return_max],
+        coldest = sorted(eval_alphas(config, "training", policy.return_stats))[:1]
+        result = evaluate_in_process(policy, targets=[] if coldest else [self.stats.return_max],
                                      episodes=config.episodes, seed=self.config.train.seed, max_steps=config.max_steps,
-                                     alphas=alphas and [min(alphas)], resample=config.resample_return)
+                                     alphas=coldest, resample=config.resample_return)
         return {"eval_return": float(result["return"]), "eval_score": float(result["score"])}
 
     def train_state(self) -> dict[str, Any]:
