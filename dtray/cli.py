@@ -7,8 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dtray.errors import DtrayError
+
+if TYPE_CHECKING:
+    from dtray.config import Config
 
 
 def connect(address: str | None = None, verbose: bool = False) -> None:
@@ -114,16 +118,29 @@ def _cmd_demo(args) -> None:
     evaluate_checkpoints([best.path], config.eval)
 
 
-def _cmd_evaluate(args) -> None:
+def evaluation_config(args) -> Config:
+    """``--config`` if given, else the first checkpoint's run config, which says how its policy
+    acts (e.g. CartPole's sampling temperature); then the overrides and the flags."""
     from dtray import config as cfg
-    from dtray.evaluate import evaluate_checkpoints
-    from dtray.policy import load_policy
+    from dtray.checkpoint import read_meta
 
-    config = cfg.load(args.config, args.overrides)
+    if args.config:
+        config = cfg.load(args.config, args.overrides)
+    else:
+        trained = read_meta(args.checkpoint[0])[0]
+        config = cfg.from_dict(cfg.apply_overrides(trained.to_dict(), args.overrides), f"{args.checkpoint[0]}")
     for field in ("targets", "alpha", "envs", "seeds", "episodes", "num_actors", "out"):
         value = getattr(args, field)
         if value is not None:
             setattr(config.eval, field, value)
+    return config
+
+
+def _cmd_evaluate(args) -> None:
+    from dtray.evaluate import evaluate_checkpoints
+    from dtray.policy import load_policy
+
+    config = evaluation_config(args)
     for path in args.checkpoint:  # a broken checkpoint fails here, before a cluster starts
         load_policy(path)
     connect(args.address, args.verbose)
@@ -196,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("tune", _cmd_tune, "run a Ray Tune search from tune_configs/")):
         p = command(name, handler, text, ray_cluster=True)
         p.add_argument("--config", default="configs/pendulum.yaml" if name == "demo" else None,
-                       required=name == "tune")
+                       required=name == "tune",
+                       help="default: the first checkpoint's run config" if name == "evaluate" else None)
         p.add_argument("overrides", nargs="*", help="section.key=value")
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--checkpoint", nargs="+", required=True)

@@ -671,7 +671,8 @@ def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: 
     return EvalResult(out_dir, episodes, summary, seconds)
 
 
-def load_checkpoint_policy(path: str, amp: str = "auto", deterministic: bool = True) -> Policy:
+def load_checkpoint_policy(path: str, amp: str = "auto", deterministic: bool = True,
+                           temperature: float = 1.0) -> Policy:
     """A checkpoint's policy on the best device this process has: GPU actors get CUDA, the
     driver (which only checks spaces) whatever it has."""
     import torch
@@ -679,7 +680,7 @@ def load_checkpoint_policy(path: str, amp: str = "auto", deterministic: bool = T
     from dtray.policy import load_policy
 
     return load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu", amp=amp,
-                       deterministic=deterministic)
+                       deterministic=deterministic, temperature=temperature)
 
 
 def checkpoint_names(paths: list[str]) -> list[str]:
@@ -697,6 +698,7 @@ def evaluate_checkpoints(checkpoints: list[str], config: EvalConfig, progress: b
     (default ``<first checkpoint>/eval``)."""
     if not checkpoints:
         raise DtrayError("no checkpoints to evaluate")
-    factories = {name: functools.partial(load_checkpoint_policy, str(path), config.amp, config.deterministic)
+    factories = {name: functools.partial(load_checkpoint_policy, str(path), config.amp, config.deterministic,
+                                         config.temperature)
                  for name, path in zip(checkpoint_names(checkpoints), checkpoints)}
     return evaluate_grid(factories, config, config.out or os.path.join(checkpoints[0], "eval"), progress=progress)

@@ -336,20 +336,22 @@ class DecisionTransformer(nn.Module):
         return nll - entropy_coef * entropy, metrics
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
+    def predict(self, batch: dict[str, torch.Tensor], deterministic: bool = True,
+                temperature: float = 1.0) -> torch.Tensor:
         """The action of each window's last step: (B, act_dim) float32 in env units, or (B,)
-        int64. ``deterministic=False`` samples from the stochastic and discrete policies."""
+        int64. ``deterministic=False`` samples from the stochastic and discrete policies, at
+        ``temperature`` (logits / T; the Gaussian's std * T)."""
         out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"],
                    last_only=True)
         if self.config.policy == "discrete":
             logits = out[:, -1].float()
             if deterministic:
                 return logits.argmax(-1)
-            return torch.distributions.Categorical(logits=logits).sample()
+            return torch.distributions.Categorical(logits=logits / temperature).sample()
         if self.config.policy == "deterministic":
             return self.to_env(torch.tanh(out[:, -1].float()))
         mean, log_std = out.mean[:, -1].float(), out.log_std[:, -1].float()
-        u = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+        u = mean if deterministic else mean + temperature * log_std.exp() * torch.randn_like(mean)
         return self.to_env(torch.tanh(u))
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:

@@ -30,9 +30,9 @@ class DTPolicy:
     """A trained Decision Transformer wrapped to act on numpy windows."""
 
     def __init__(self, model, info: DatasetInfo, spec: WindowSpec, stats, device="cpu", amp: str = "auto",
-                 deterministic: bool = True):
+                 deterministic: bool = True, temperature: float = 1.0):
         self.model, self.info, self.spec, self.stats, self.amp = model, info, spec, stats, amp
-        self.deterministic = deterministic
+        self.deterministic, self.temperature = deterministic, temperature
         self.device = torch.device(device)
         self.return_stats = {
             "min": stats.return_min,
@@ -53,11 +53,11 @@ class DTPolicy:
         self.model.train(was_training)
         return out
 
-    def act(self, windows: dict[str, np.ndarray], deterministic: bool | None = None) -> np.ndarray:
-        """Actions for a batch of windows; ``deterministic`` (default: the policy's own setting)
-        takes the mean or argmax, else samples from the stochastic or discrete head."""
-        deterministic = self.deterministic if deterministic is None else deterministic
-        actions = self._evaluate(self.model.predict, windows, deterministic=deterministic).float().cpu().numpy()
+    def act(self, windows: dict[str, np.ndarray]) -> np.ndarray:
+        """Actions for a batch of windows: the mean or argmax when ``deterministic``, else
+        sampled from the stochastic or discrete head at ``temperature``."""
+        actions = self._evaluate(self.model.predict, windows, deterministic=self.deterministic,
+                                 temperature=self.temperature).float().cpu().numpy()
         return actions.astype(np.int64) if self.info.discrete else actions
 
     @property
@@ -76,9 +76,10 @@ class DTPolicy:
         drawn = torch.multinomial(tilted_log_probs(logits, returns, alpha).exp(), 1).squeeze(1)
         return returns[drawn].double().cpu().numpy(), expected.double().cpu().numpy()
 
-def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", deterministic: bool = True) -> DTPolicy:
+def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", deterministic: bool = True,
+                temperature: float = 1.0) -> DTPolicy:
     """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``);
-    ``amp`` and ``deterministic`` as ``eval.amp`` and ``eval.deterministic``."""
+    ``amp``, ``deterministic`` and ``temperature`` as the ``eval`` section's."""
     from dtray import checkpoint
 
     if hasattr(checkpoint_dir, "to_directory"):
@@ -86,4 +87,4 @@ def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", determin
     config, spec, info, stats = checkpoint.read_meta(checkpoint_dir)
     model = checkpoint.build_model(config, info, stats)
     checkpoint.load_weights(checkpoint_dir, model)
-    return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp, deterministic)
+    return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp, deterministic, temperature)

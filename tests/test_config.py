@@ -27,6 +27,7 @@ def test_overrides_parse_yaml_values_and_round_trip(tmp_path):
     (["train.lrr=1"], "lrr"),
     (["data.sampling=best"], "data.sampling"),
     (["lr=1"], "section.key=value"),
+    (["eval.temperature=0"], "eval.temperature must be > 0"),
 ])
 def test_bad_keys_and_values_name_the_field(override, message):
     with pytest.raises(DtrayError, match=message):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dtray import checkpoint
-from dtray.cli import main
+from dtray.cli import build_parser, evaluation_config, main
 from dtray.config import Config, DataConfig, ModelConfig
 from dtray.data import NormStats, WindowSpec
 from dtray.errors import DtrayError
@@ -153,6 +153,23 @@ def saved(tmp_path):
     spec = WindowSpec(4, 20, 1.0, 1.0, stats.state_mean, stats.state_std)
     state = {"step": 3, "optimizer": torch.optim.AdamW(model.parameters()).state_dict()}
     return checkpoint.save(tmp_path / "ckpt", model, config, BOX_INFO, spec, stats, state, {"loss": 1.0})
+
+
+def test_evaluate_acts_as_the_checkpoint_s_run_config_says_unless_told_otherwise(saved):
+    """Without --config, a checkpoint trained to sample (CartPole's config) is evaluated
+    sampling; overrides and flags still win, and --config replaces it whole."""
+    meta = json.loads((saved / "dtray.json").read_text())
+    meta["config"]["eval"].update(deterministic=False, temperature=0.8, episodes=7)
+    (saved / "dtray.json").write_text(json.dumps(meta))
+    parse = build_parser().parse_args
+
+    config = evaluation_config(parse(["evaluate", "--checkpoint", str(saved)])).eval
+    assert (config.deterministic, config.temperature, config.episodes) == (False, 0.8, 7)
+    config = evaluation_config(parse(["evaluate", "--checkpoint", str(saved), "--episodes", "3",
+                                      "eval.temperature=0.5"])).eval
+    assert (config.deterministic, config.temperature, config.episodes) == (False, 0.5, 3)
+    config = evaluation_config(parse(["evaluate", "--checkpoint", str(saved), "--config", "configs/pendulum.yaml"])).eval
+    assert (config.deterministic, config.temperature) == (True, 1.0)
 
 
 def truncate(path, keep=0.5):
