@@ -18,7 +18,7 @@ import yaml
 from dtray.errors import DtrayError
 
 Sampling = Literal["length", "uniform_episode", "top_percent", "boltzmann"]
-PolicyKind = Literal["deterministic", "stochastic", "discrete"]
+PolicyKind = Literal["deterministic", "stochastic", "binned", "discrete"]
 Amp = Literal["auto", "bf16", "off"]
 Compile = Literal["auto", "on", "off"]
 
@@ -61,6 +61,9 @@ class ModelConfig:
     n_head: int = 1
     dropout: float = 0.1
     policy: PolicyKind = "deterministic"  # forced to "discrete" for Discrete actions
+    # "binned": each action dimension a categorical over action_bins equal bins of [low, high],
+    # acting with the most likely bin: the mode of noisy behaviour, where MSE learns its mean.
+    action_bins: int = 64
     return_conditioned: bool = True  # false hides R̂ from the model: behaviour cloning, same network
     # A categorical head over binned returns-to-go, p(R | history, s_t), read from the s_t token;
     # the tokens of a step are then ordered (s_t, R̂_t, a_t) so that s_t has not seen R̂_t.

@@ -157,6 +157,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def _choose(logits: torch.Tensor, deterministic: bool, temperature: float) -> torch.Tensor:
+    """Index of the most likely entry of the last dim, or a draw from softmax(logits / T)."""
+    if deterministic:
+        return logits.argmax(-1)
+    return torch.distributions.Categorical(logits=logits / temperature).sample()
+
+
 # --- the model --------------------------------------------------------------------------
 
 
@@ -191,7 +198,8 @@ class DecisionTransformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, 2 * act_dim if config.policy == "stochastic" else act_dim, bias=not discrete)
+        outputs = {"stochastic": 2 * act_dim, "binned": act_dim * config.action_bins}.get(config.policy, act_dim)
+        self.head = nn.Linear(d, outputs, bias=not discrete)
         if config.return_head:
             if return_range is None or not return_range[1] > return_range[0] or config.return_bins < 2:
                 raise ValueError(f"return_head needs return_range low < high and return_bins >= 2, "
@@ -210,6 +218,11 @@ class DecisionTransformer(nn.Module):
             low, high = _bounds(act_dim, action_low, action_high)
             self.register_buffer("action_center", (high + low) / 2, persistent=False)
             self.register_buffer("action_scale", (high - low) / 2, persistent=False)
+        if config.policy == "binned":
+            if config.action_bins < 2:
+                raise ValueError(f"action_bins={config.action_bins}: need at least 2")
+            self.register_buffer("action_bin_centers", (torch.arange(config.action_bins) + 0.5) * 2 / config.action_bins - 1,
+                                 persistent=False)
 
         self.apply(self._init_weights)
         for block in self.blocks:  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
@@ -230,7 +243,7 @@ class DecisionTransformer(nn.Module):
     def forward(self, states, actions, returns_to_go, timesteps, mask, last_only: bool = False) -> torch.Tensor | Gaussian:
         """The action head's raw output at every step (junk at padded ones): pre-tanh means
         (B,K,act_dim) for "deterministic", a pre-tanh :class:`Gaussian` for "stochastic",
-        logits (B,K,n) for "discrete". ``last_only``: the last step only (K=1), all that
+        logits (B,K,act_dim,bins) for "binned", (B,K,n) for "discrete". ``last_only``: the last step only (K=1), all that
         acting needs; the last block then computes one query per window."""
         rows = self._rows(mask.shape[1], ACTION_READ, last_only)
         return self._action_output(self._hidden(states, actions, returns_to_go, timesteps, mask, rows))
@@ -261,6 +274,8 @@ class DecisionTransformer(nn.Module):
 
     def _action_output(self, hidden: torch.Tensor) -> torch.Tensor | Gaussian:
         out = self.head(hidden)
+        if self.config.policy == "binned":
+            return out.unflatten(-1, (-1, self.config.action_bins))
         if self.config.policy != "stochastic":
             return out
         mean, raw_log_std = out.chunk(2, dim=-1)  # log_std: a soft clamp as in Online DT, never a dead gradient
@@ -289,6 +304,11 @@ class DecisionTransformer(nn.Module):
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
         return (action - self.action_center) / self.action_scale
+
+    def action_bin(self, action: torch.Tensor) -> torch.Tensor:
+        """The bin of each action dimension (env units in, int64 out); the bounds go to the edge bins."""
+        unit = (self.normalize_action(action.float()) + 1) / 2
+        return torch.floor(unit * self.config.action_bins).long().clamp(0, self.config.action_bins - 1)
 
     def to_env(self, squashed: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [low, high]."""
@@ -320,6 +340,12 @@ class DecisionTransformer(nn.Module):
             nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(mask)
             wrong = (logits.argmax(-1) != target).float()
             return masked_mean(nll, mask), {"action_error": masked_mean(wrong, mask).detach()}
+        if self.config.policy == "binned":
+            logits = out.float()
+            bins = self.action_bin(target)
+            nll = F.cross_entropy(logits.flatten(0, 2), bins.flatten(), reduction="none").view_as(bins).mean(-1)
+            action_error = (self.to_env(self.action_bin_centers[logits.argmax(-1)]) - target).square().mean(-1)
+            return masked_mean(nll, mask), {"action_error": masked_mean(action_error, mask).detach()}
 
         mean = (out.mean if self.config.policy == "stochastic" else out).float()
         action_error = masked_mean((self.to_env(torch.tanh(mean)) - target).square().mean(-1), mask).detach()
@@ -339,15 +365,14 @@ class DecisionTransformer(nn.Module):
     def predict(self, batch: dict[str, torch.Tensor], deterministic: bool = True,
                 temperature: float = 1.0) -> torch.Tensor:
         """The action of each window's last step: (B, act_dim) float32 in env units, or (B,)
-        int64. ``deterministic=False`` samples from the stochastic and discrete policies, at
-        ``temperature`` (logits / T; the Gaussian's std * T)."""
+        int64. ``deterministic=False`` samples from the stochastic, binned and discrete
+        policies, at ``temperature`` (logits / T; the Gaussian's std * T)."""
         out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"],
                    last_only=True)
         if self.config.policy == "discrete":
-            logits = out[:, -1].float()
-            if deterministic:
-                return logits.argmax(-1)
-            return torch.distributions.Categorical(logits=logits / temperature).sample()
+            return _choose(out[:, -1].float(), deterministic, temperature)
+        if self.config.policy == "binned":
+            return self.to_env(self.action_bin_centers[_choose(out[:, -1].float(), deterministic, temperature)])
         if self.config.policy == "deterministic":
             return self.to_env(torch.tanh(out[:, -1].float()))
         mean, log_std = out.mean[:, -1].float(), out.log_std[:, -1].float()

@@ -13,6 +13,7 @@ LOW, HIGH = [-2.0, -1.0, 0.0], [2.0, 1.0, 5.0]  # deliberately not [-1, 1]
 CASES = {  # name: (policy, obs_shape, n_actions or act_dim)
     "deterministic": ("deterministic", (5,), 3),
     "stochastic": ("stochastic", (5,), 3),
+    "binned": ("binned", (5,), 3),
     "discrete": ("discrete", (5,), 4),
     "image": ("discrete", (2, 10, 10), 4),
     "return_head": ("stochastic", (5,), 3),  # the cases named return_head* order tokens (s, R̂, a)
@@ -69,7 +70,7 @@ def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def outputs(model: DecisionTransformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The forward output as one (B, K, n) tensor, whatever the policy."""
     out = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
-    return torch.cat(tuple(out), dim=-1) if isinstance(out, Gaussian) else out
+    return torch.cat(tuple(out), dim=-1) if isinstance(out, Gaussian) else out.flatten(2)
 
 
 def fit(model: DecisionTransformer, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3) -> list[dict]:
@@ -99,6 +100,31 @@ def test_overfits_fixed_windows(case):
         torch.testing.assert_close(predicted, batch["actions"][:, -1], atol=0.05, rtol=0)
     else:
         assert predicted.dtype == torch.int64 and torch.equal(predicted, batch["actions"][:, -1])
+
+
+def test_binned_policy_acts_with_the_mode_of_noisy_actions_where_mse_learns_the_mean():
+    """Behaviour that takes a fixed good action 60% of the time and a uniform random one
+    otherwise (the medium tiers' epsilon-random actions): the MSE head learns the mean, pulled
+    40% of the way to the middle of the bounds; the binned head's most likely bin is the good
+    action."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    batch = {key: value.repeat(32, *([1] * (value.dim() - 1))) for key, value in make_batch("binned").items()}
+    low, high = torch.tensor(LOW), torch.tensor(HIGH)
+    good = low + 0.85 * (high - low)
+    n = len(batch["actions"])  # 32 copies of 8 windows, which differ only in the last action:
+    random_actions = low + (high - low) * torch.rand(n, 3, generator=gen)  # no input has seen it
+    batch["actions"][:] = good
+    batch["actions"][:, -1] = torch.where(torch.rand(n, 1, generator=gen) < 0.4, random_actions, good)
+    predictions = {}
+    for policy in ("deterministic", "binned"):
+        model = make_model(policy)
+        fit(model, batch, steps=300)
+        predictions[policy] = model.eval().predict(batch)
+    mean = batch["actions"][:, -1].view(32, -1, 3).mean(0).repeat(32, 1)  # ~ 0.6 good + 0.4 middle
+    bin_width = (high - low) / ModelConfig().action_bins
+    assert ((predictions["deterministic"] - mean).abs() < 0.05 * (high - low)).all()
+    assert ((predictions["binned"] - good).abs() <= bin_width).all()
 
 
 def test_stochastic_policy_learns_the_actions():
@@ -230,6 +256,9 @@ def test_acting_reads_the_last_step_of_the_full_forward(case):
         acted = model.predict(batch)
     if CASES[case][0] == "discrete":
         torch.testing.assert_close(acted, last.argmax(-1))
+    elif CASES[case][0] == "binned":
+        bins = last.unflatten(-1, (CASES[case][2], -1)).argmax(-1)
+        torch.testing.assert_close(acted, model.to_env(model.action_bin_centers[bins]))
     else:
         mean = last[:, :CASES[case][2]]
         torch.testing.assert_close(acted, model.to_env(torch.tanh(mean)), atol=1e-5, rtol=1e-5)
