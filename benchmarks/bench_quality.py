@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"dt": [], "bc": ["model.return_conditioned=false", "eval.deterministic=true"],
            "pi": ["model.return_head=true", "eval.targets=path-integral"]}
 DEFAULT_METHODS = ["dt", "bc"]
-RUN_KEYS = ["dataset", "method", "seed", "steps"]
+RUN_KEYS = ["dataset", "method", "seed", "steps", "policy"]  # policy: the action head
 TABLE_START, TABLE_END = "<!-- score-table:start -->", "<!-- score-table:end -->"
 QUICK = {"dataset": "pendulum-medium-expert", "episodes": 40, "steps": 40,
          "overrides": ["train.warmup_steps=10", "train.checkpoint_every=40", "train.log_every=20",
@@ -113,6 +113,7 @@ def run_once(dataset: str, path: Path, method: str, seed: int, args, storage: st
         rho = spearman(inside["target"].to_numpy(), inside["return_mean"].to_numpy())
     return {
         "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
+        "policy": config.model.policy,
         "best_score": float(best["score_mean"]), "best_target": float(best["alpha" if method == "pi" else "target"]),
         "best_return": float(best["return_mean"]),
         "spearman": rho,
@@ -143,15 +144,15 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, steps, method): mean and sample std over seeds."""
-    grouped = runs.groupby(["dataset", "steps", "method"], sort=False)
+    """One row per (dataset, action head, steps, method): mean and sample std over seeds."""
+    grouped = runs.groupby(["dataset", "policy", "steps", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
                         wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
     table["wall_s"] += table.pop("eval_s")
     order = {name: i for i, name in enumerate(list_datasets())}
-    return table.sort_values(["steps", "dataset"], key=lambda c: c.map(order) if c.name == "dataset" else c)
+    return table.sort_values(["steps", "dataset", "policy"], key=lambda c: c.map(order) if c.name == "dataset" else c)
 
 
 def _pm(mean: float, std: float, digits: int = 1) -> str:
@@ -166,9 +167,10 @@ def markdown(table: pd.DataFrame) -> str:
     for steps, rows in table.groupby("steps", sort=True):
         pi_header = (" DT, path-integral (best alpha) | PI Spearman(-alpha) |", "---:|---:|") if with_pi else ("", "")
         lines += [f"Budget: {steps:,} training steps per run.", "",
-                  f"| dataset | DT score | BC score |{pi_header[0]} DT Spearman | dataset mean / max | seeds | wall s (DT) |",
-                  f"|---|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
-        for dataset, group in rows.groupby("dataset", sort=False):
+                  f"| dataset | head | DT score | BC score |{pi_header[0]} DT Spearman | dataset mean / max | seeds "
+                  f"| wall s (DT) |",
+                  f"|---|---|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
+        for (dataset, policy), group in rows.groupby(["dataset", "policy"], sort=False):
             by = {row.method: row for row in group.itertuples()}
             dt, bc, pi = by.get("dt"), by.get("bc"), by.get("pi")
             ref = dt or bc or pi
@@ -176,7 +178,7 @@ def markdown(table: pd.DataFrame) -> str:
                         f"{_pm(pi.spearman, pi.spearman_std, 2) if pi else '–'} |") if with_pi else ""
             seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
             lines.append(
-                f"| {dataset} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} |"
+                f"| {dataset} | {policy} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} |"
                 f"{pi_cells} {_pm(dt.spearman, dt.spearman_std, 2) if dt else '–'} | "
                 f"{ref.data_mean:.1f} / {ref.data_max:.1f} | {seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
         lines.append("")
@@ -188,17 +190,19 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
     steps = table["steps"].max()  # the longest budget
     rows = table[table["steps"] == steps]
-    datasets = list(dict.fromkeys(rows["dataset"]))
+    rows = rows.assign(label=rows["dataset"].where(rows.groupby("dataset")["policy"].transform("nunique") == 1,
+                                                   rows["dataset"] + " (" + rows["policy"] + ")"))
+    datasets = list(dict.fromkeys(rows["label"]))
     x = np.arange(len(datasets))
     fig = Figure(figsize=(max(6.0, 0.55 * len(datasets) + 2), 4.5), layout="constrained")
     ax = fig.subplots()
     methods = list(dict.fromkeys(rows["method"]))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        part = rows[rows["method"] == method].set_index("dataset").reindex(datasets)
+        part = rows[rows["method"] == method].set_index("label").reindex(datasets)
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, part["score"], width, yerr=part["score_std"].fillna(0),
                capsize=2, label=method.upper())
-    data = rows.drop_duplicates("dataset").set_index("dataset").reindex(datasets)
+    data = rows.drop_duplicates("label").set_index("label").reindex(datasets)
     ax.scatter(x, data["data_mean"], marker="_", s=200, color="black", zorder=3, label="dataset mean")
     ax.axhline(100, color="0.4", lw=0.8, ls="--")
     ax.set_xticks(x, datasets, rotation=60, ha="right", fontsize="small")
@@ -262,8 +266,9 @@ def main(argv=None) -> pd.DataFrame:
             path = ensure_dataset(dataset, data_dir, QUICK["episodes"] if args.quick else None)
             for seed in args.seeds:
                 for method in args.methods:
-                    steps = run_config(dataset, path, method, seed, args).train.max_steps
-                    if (dataset, method, str(seed), str(steps)) in done:
+                    config = run_config(dataset, path, method, seed, args)
+                    key = (dataset, method, str(seed), str(config.train.max_steps), config.model.policy)
+                    if key in done:
                         continue
                     storage = tempfile.mkdtemp(prefix="dtray-quality-")
                     try:
