@@ -30,6 +30,7 @@ normalised return.
     python benchmarks/bench_quality.py --datasets pendulum-medium-expert --seeds 0 1 2
     python benchmarks/bench_quality.py --report              # rebuild the report from the runs file
     python benchmarks/bench_quality.py --quick --out /tmp/q  # one tiny dataset, one seed (the test suite)
+    python benchmarks/bench_quality.py model.policy=binned --datasets lunarlander-medium-replay  # overrides first
 """
 
 from __future__ import annotations
