@@ -128,7 +128,7 @@ def evaluation_config(args) -> Config:
         config = cfg.load(args.config, args.overrides)
     else:
         trained = read_meta(args.checkpoint[0])[0]
-        config = cfg.from_dict(cfg.apply_overrides(trained.to_dict(), args.overrides), f"{args.checkpoint[0]}")
+        config = cfg.from_dict(cfg.apply_overrides(trained.to_dict(), args.overrides), str(args.checkpoint[0]))
     for field in ("targets", "alpha", "envs", "seeds", "episodes", "num_actors", "out"):
         value = getattr(args, field)
         if value is not None:

@@ -128,11 +128,11 @@ class EvalConfig:
     amp: Amp = "auto"  # bf16 autocast for acting, as train.amp
     deterministic: bool = True  # act with the mean (argmax); false samples a ~ p(a | history, R̂)
     temperature: float = 1.0  # when sampling: a ~ p^(1/temperature); below 1 sharpens p toward its mode
+    out: str = ""  # results dir; empty = <checkpoint>/eval
 
     def __post_init__(self):
         if not self.temperature > 0:
             raise ValueError(f"eval.temperature must be > 0, got {self.temperature}")
-    out: str = ""  # results dir; empty = <checkpoint>/eval
 
 
 @dataclass

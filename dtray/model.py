@@ -157,6 +157,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def bin_centers(low: float, high: float, bins: int) -> torch.Tensor:
+    """Centres of ``bins`` equal bins of [low, high]."""
+    return low + (high - low) / bins * (torch.arange(bins) + 0.5)
+
+
+def bin_index(values: torch.Tensor, low, width, bins: int) -> torch.Tensor:
+    """The bin of each value (int64); values outside the bins' range go to the edge bins."""
+    return torch.floor((values.float() - low) / width).long().clamp(0, bins - 1)
+
+
 def _choose(logits: torch.Tensor, deterministic: bool, temperature: float) -> torch.Tensor:
     """Index of the most likely entry of the last dim, or a draw from softmax(logits / T)."""
     if deterministic:
@@ -209,8 +219,7 @@ class DecisionTransformer(nn.Module):
             width = (high - low) / config.return_bins
             self.register_buffer("return_low", torch.tensor(float(low)), persistent=False)
             self.register_buffer("return_width", torch.tensor(float(width)), persistent=False)
-            self.register_buffer("return_centers", low + width * (torch.arange(config.return_bins) + 0.5),
-                                 persistent=False)
+            self.register_buffer("return_centers", bin_centers(low, high, config.return_bins), persistent=False)
 
         T = TOKENS_PER_STEP * context_len
         self.register_buffer("causal", torch.ones(T, T, dtype=torch.bool).tril(), persistent=False)
@@ -221,8 +230,7 @@ class DecisionTransformer(nn.Module):
         if config.policy == "binned":
             if config.action_bins < 2:
                 raise ValueError(f"action_bins={config.action_bins}: need at least 2")
-            self.register_buffer("action_bin_centers", (torch.arange(config.action_bins) + 0.5) * 2 / config.action_bins - 1,
-                                 persistent=False)
+            self.register_buffer("action_bin_centers", bin_centers(-1.0, 1.0, config.action_bins), persistent=False)
 
         self.apply(self._init_weights)
         for block in self.blocks:  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
@@ -243,8 +251,9 @@ class DecisionTransformer(nn.Module):
     def forward(self, states, actions, returns_to_go, timesteps, mask, last_only: bool = False) -> torch.Tensor | Gaussian:
         """The action head's raw output at every step (junk at padded ones): pre-tanh means
         (B,K,act_dim) for "deterministic", a pre-tanh :class:`Gaussian` for "stochastic",
-        logits (B,K,act_dim,bins) for "binned", (B,K,n) for "discrete". ``last_only``: the last step only (K=1), all that
-        acting needs; the last block then computes one query per window."""
+        logits (B,K,act_dim,bins) for "binned", (B,K,n) for "discrete". ``last_only``: the
+        last step only (K=1), all that acting needs; the last block then computes one query
+        per window."""
         rows = self._rows(mask.shape[1], ACTION_READ, last_only)
         return self._action_output(self._hidden(states, actions, returns_to_go, timesteps, mask, rows))
 
@@ -291,8 +300,7 @@ class DecisionTransformer(nn.Module):
 
     def return_bin(self, returns_to_go: torch.Tensor) -> torch.Tensor:
         """The bin of each return-to-go (model units); returns outside the range go to the edge bins."""
-        index = torch.floor((returns_to_go.float() - self.return_low) / self.return_width).long()
-        return index.clamp(0, self.config.return_bins - 1)
+        return bin_index(returns_to_go, self.return_low, self.return_width, self.config.return_bins)
 
     def _allowed(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, T) bool, True = may attend: causal and never to a padded key. Every token
@@ -307,8 +315,7 @@ class DecisionTransformer(nn.Module):
 
     def action_bin(self, action: torch.Tensor) -> torch.Tensor:
         """The bin of each action dimension (env units in, int64 out); the bounds go to the edge bins."""
-        unit = (self.normalize_action(action.float()) + 1) / 2
-        return torch.floor(unit * self.config.action_bins).long().clamp(0, self.config.action_bins - 1)
+        return bin_index(self.normalize_action(action.float()), -1.0, 2.0 / self.config.action_bins, self.config.action_bins)
 
     def to_env(self, squashed: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [low, high]."""

@@ -55,7 +55,7 @@ class DTPolicy:
 
     def act(self, windows: dict[str, np.ndarray]) -> np.ndarray:
         """Actions for a batch of windows: the mean or argmax when ``deterministic``, else
-        sampled from the stochastic or discrete head at ``temperature``."""
+        sampled from the stochastic, binned or discrete head at ``temperature``."""
         actions = self._evaluate(self.model.predict, windows, deterministic=self.deterministic,
                                  temperature=self.temperature).float().cpu().numpy()
         return actions.astype(np.int64) if self.info.discrete else actions
@@ -75,6 +75,7 @@ class DTPolicy:
         alpha = torch.as_tensor(np.asarray(alpha, dtype=np.float32), device=logits.device)
         drawn = torch.multinomial(tilted_log_probs(logits, returns, alpha).exp(), 1).squeeze(1)
         return returns[drawn].double().cpu().numpy(), expected.double().cpu().numpy()
+
 
 def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", deterministic: bool = True,
                 temperature: float = 1.0) -> DTPolicy:
