@@ -4,7 +4,7 @@ For each dataset (env x tier), method and seed, one run of the whole pipeline: t
 dataset (collected once, seed 0), ``dtray train`` with that env's shipped config
 (``configs/<env>.yaml``, its ``train.max_steps`` is the budget unless ``--steps`` says
 otherwise), then the actor-pool evaluation of the checkpoint ``dtray train`` picks, with
-``--episodes`` episodes per target. Methods differ only in the overrides below:
+``--episodes`` episodes per target (default: the config's ``eval.episodes``). Methods differ only in the overrides below:
 
 * ``dt``: the config as shipped; evaluated at the auto targets (0.1/0.5/0.9 quantiles of the
   dataset's returns, its max, and one beyond);
@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"dt": [], "bc": ["model.return_conditioned=false", "eval.deterministic=true"],
            "pi": ["model.return_head=true", "eval.targets=path-integral"]}
 DEFAULT_METHODS = ["dt", "bc"]
-RUN_KEYS = ["dataset", "method", "seed", "steps", "policy"]  # policy: the action head
+RUN_KEYS = ["dataset", "method", "seed", "steps", "policy", "episodes"]  # policy: the action head
 TABLE_START, TABLE_END = "<!-- score-table:start -->", "<!-- score-table:end -->"
 QUICK = {"dataset": "pendulum-medium-expert", "episodes": 40, "steps": 40,
          "overrides": ["train.warmup_steps=10", "train.checkpoint_every=40", "train.log_every=20",
@@ -93,7 +93,12 @@ def spearman(targets: np.ndarray, achieved: np.ndarray) -> float:
     return float(pd.Series(targets).rank().corr(pd.Series(achieved).rank()))
 
 
-def run_once(dataset: str, path: Path, method: str, seed: int, args, storage: str) -> dict:
+def run_key(dataset, method, seed, steps, policy, episodes) -> tuple:
+    """A run's identity in the runs file, whose integer columns may read back as floats."""
+    return dataset, method, int(seed), int(steps), policy, int(episodes)
+
+
+def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, args, storage: str) -> dict:
     config = run_config(dataset, path, method, seed, args, storage)
     info, _, returns, _ = episode_returns(str(path))
     start = time.perf_counter()
@@ -102,7 +107,7 @@ def run_once(dataset: str, path: Path, method: str, seed: int, args, storage: st
         trained = time.perf_counter()
         targets = config.eval.targets if config.model.return_conditioned else [float(returns.max())]
         eval_config = dataclasses.replace(  # behaviour cloning ignores the target: one is enough
-            config.eval, episodes=args.episodes, seeds=[seed], out=os.path.join(storage, "eval"), targets=targets)
+            config.eval, episodes=episodes, seeds=[seed], out=os.path.join(storage, "eval"), targets=targets)
         summary = evaluate_checkpoints([best_checkpoint(result).path], eval_config, progress=False).summary
     evaluated = time.perf_counter()
     best = best_targets(summary).iloc[0]
@@ -122,7 +127,7 @@ def run_once(dataset: str, path: Path, method: str, seed: int, args, storage: st
         "returns": json.dumps([round(float(r), 3) for r in summary["return_mean"]]),
         "data_mean_score": float(info.normalized_score(returns.mean())),
         "data_max_score": float(info.normalized_score(returns.max())),
-        "train_s": trained - start, "eval_s": evaluated - trained, "episodes": args.episodes,
+        "train_s": trained - start, "eval_s": evaluated - trained, "episodes": episodes,
         "date": date.today().isoformat(), "commit": _commit(),
     }
 
@@ -145,15 +150,15 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, action head, steps, method): mean and sample std over seeds."""
-    grouped = runs.groupby(["dataset", "policy", "steps", "method"], sort=False)
+    """One row per (dataset, action head, steps, episodes, method): mean and sample std over seeds."""
+    grouped = runs.groupby(["dataset", "policy", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
                         wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
     table["wall_s"] += table.pop("eval_s")
     order = {name: i for i, name in enumerate(list_datasets())}
-    return table.sort_values(["steps", "dataset", "policy"], key=lambda c: c.map(order) if c.name == "dataset" else c)
+    return table.sort_values(["steps", "dataset", "policy", "episodes"], key=lambda c: c.map(order) if c.name == "dataset" else c)
 
 
 def _pm(mean: float, std: float, digits: int = 1) -> str:
@@ -168,10 +173,10 @@ def markdown(table: pd.DataFrame) -> str:
     for steps, rows in table.groupby("steps", sort=True):
         pi_header = (" DT, path-integral (best alpha) | PI Spearman(-alpha) |", "---:|---:|") if with_pi else ("", "")
         lines += [f"Budget: {steps:,} training steps per run.", "",
-                  f"| dataset | head | DT score | BC score |{pi_header[0]} DT Spearman | dataset mean / max | seeds "
-                  f"| wall s (DT) |",
-                  f"|---|---|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
-        for (dataset, policy), group in rows.groupby(["dataset", "policy"], sort=False):
+                  f"| dataset | head | episodes | DT score | BC score |{pi_header[0]} DT Spearman | dataset mean / max "
+                  f"| seeds | wall s (DT) |",
+                  f"|---|---|---:|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
+        for (dataset, policy, episodes), group in rows.groupby(["dataset", "policy", "episodes"], sort=False):
             by = {row.method: row for row in group.itertuples()}
             dt, bc, pi = by.get("dt"), by.get("bc"), by.get("pi")
             ref = dt or bc or pi
@@ -179,7 +184,7 @@ def markdown(table: pd.DataFrame) -> str:
                         f"{_pm(pi.spearman, pi.spearman_std, 2) if pi else '–'} |") if with_pi else ""
             seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
             lines.append(
-                f"| {dataset} | {policy} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} |"
+                f"| {dataset} | {policy} | {episodes:.0f} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} |"
                 f"{pi_cells} {_pm(dt.spearman, dt.spearman_std, 2) if dt else '–'} | "
                 f"{ref.data_mean:.1f} / {ref.data_max:.1f} | {seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
         lines.append("")
@@ -189,8 +194,9 @@ def markdown(table: pd.DataFrame) -> str:
 def plot(table: pd.DataFrame, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    steps = table["steps"].max()  # the longest budget
-    rows = table[table["steps"] == steps]
+    steps = table.groupby("steps")["seeds"].sum().idxmax()  # the budget of most runs; per row its most episodes
+    rows = table[table["steps"] == steps].sort_values("episodes").drop_duplicates(["dataset", "policy", "method"],
+                                                                                 keep="last")
     rows = rows.assign(label=rows["dataset"].where(rows.groupby("dataset")["policy"].transform("nunique") == 1,
                                                    rows["dataset"] + " (" + rows["policy"] + ")"))
     datasets = list(dict.fromkeys(rows["label"]))
@@ -236,7 +242,8 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="training steps; default: the env config's")
-    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per target")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="evaluation episodes per target; default: the config's eval.episodes")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "results.md",
@@ -262,18 +269,18 @@ def main(argv=None) -> pd.DataFrame:
         datasets = args.datasets or [d for d in list_datasets() if parse_name(d)[1] in args.tiers]
         connect(args.address)
         data_dir = args.data_dir if not args.quick else args.out / "data"
-        done = {tuple(row) for row in runs[RUN_KEYS].astype(str).itertuples(index=False)}
+        done = {run_key(*row) for row in runs[RUN_KEYS].itertuples(index=False)}
         for dataset in datasets:
             path = ensure_dataset(dataset, data_dir, QUICK["episodes"] if args.quick else None)
             for seed in args.seeds:
                 for method in args.methods:
                     config = run_config(dataset, path, method, seed, args)
-                    key = (dataset, method, str(seed), str(config.train.max_steps), config.model.policy)
-                    if key in done:
+                    episodes = args.episodes or config.eval.episodes
+                    if run_key(dataset, method, seed, config.train.max_steps, config.model.policy, episodes) in done:
                         continue
                     storage = tempfile.mkdtemp(prefix="dtray-quality-")
                     try:
-                        row = run_once(dataset, path, method, seed, args, storage)
+                        row = run_once(dataset, path, method, seed, episodes, args, storage)
                     finally:
                         shutil.rmtree(storage, ignore_errors=True)
                     print(f"{dataset} {method} seed {seed}: score {row['best_score']:.1f} at target "
