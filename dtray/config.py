@@ -69,8 +69,14 @@ class ModelConfig:
     # the tokens of a step are then ordered (s_t, R̂_t, a_t) so that s_t has not seen R̂_t.
     return_head: bool = False
     return_bins: int = 64  # bins spanning the dataset's return-to-go range
-    return_loss_weight: float = 1.0  # of the return head's cross-entropy; the action loss is unchanged
+    # the share of the return head's gradient that reaches the Transformer below it (the head itself
+    # always learns at full rate): 0 makes it a probe that leaves the action model as without it
+    return_loss_weight: float = 0.0
     init_std: float = 0.02
+
+    def __post_init__(self):
+        if not 0.0 <= self.return_loss_weight <= 1.0:
+            raise ValueError(f"model.return_loss_weight must be in [0, 1], got {self.return_loss_weight}")
 
 
 @dataclass
@@ -116,7 +122,9 @@ class EvalConfig:
     # R̂ drawn from p(R | history, s_t) * exp(R / alpha) (models with model.return_head).
     targets: list[float] | Literal["auto", "path-integral"] = "auto"
     alpha: list[float] | Literal["auto"] = "auto"  # path-integral temperatures, in return units
-    resample_return: bool = True  # path-integral: draw R̂ at every step; false: once at t=0, then R̂ - r
+    # path-integral: draw R̂ once at t=0, then R̂ - r as for a set target; true: a fresh draw every
+    # step, which asks for a sequence of returns that no episode of the data has (scores lower)
+    resample_return: bool = False
     envs: list[str] = field(default_factory=list)  # empty = the checkpoint's env
     seeds: list[int] = field(default_factory=lambda: [0])
     episodes: int = 5  # per (env, target, seed) cell

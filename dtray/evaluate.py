@@ -10,8 +10,8 @@ One episode loop, :class:`BatchRunner`, steps many episodes together with one ba
 the pool's actors, in :func:`evaluate_in_process` (in-training evaluation) and in the benchmark.
 
 Path-integral cells (``eval.targets: path-integral``, policies with a return head) have no
-target: at each step (or once, at t=0) R̂ is drawn from p(R | history, s_t) * exp(R / alpha),
-one cell per temperature alpha.
+target: R̂ is drawn from p(R | history, s_0) * exp(R / alpha) at t=0 and then updated by the
+rewards as a set target is (or drawn afresh each step), one cell per temperature alpha.
 
 Results (:func:`evaluate_grid`) go to ``out_dir``: ``episodes.parquet``/``episodes.csv`` (one
 row per episode), ``summary.csv`` (one row per policy, env and target or alpha),
@@ -66,7 +66,7 @@ class Cell:
     seed: int
     episodes: int
     alpha: float | None = None
-    resample: bool = True  # path-integral: draw R̂ every step, else at t=0 only
+    resample: bool = False  # path-integral: draw R̂ at t=0 only (then R̂ - r), else every step
     env_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
@@ -107,7 +107,7 @@ def _return_stats(name: str, policy: Policy, dataset_returns: Mapping[str, Any] 
 
 def make_cells(policies: Mapping[str, Policy], targets: Mapping[str, list[float]], envs: list[str],
                seeds: list[int], episodes: int, alphas: Mapping[str, list[float]] | None = None,
-               resample: bool = True) -> list[Cell]:
+               resample: bool = False) -> list[Cell]:
     """Every (policy, env, target or alpha, seed) cell, after checking that each policy fits
     each env and that path-integral cells' policies have a return head.
 
@@ -269,8 +269,8 @@ class BatchRunner:
     @staticmethod
     def _choose_returns(policy: Policy, group: list[_Live], contexts: LiveContexts, slots: np.ndarray,
                         windows: dict[str, np.ndarray]) -> bool:
-        """Path-integral episodes get this step's R̂ from the policy's return head (every step,
-        or at t=0 only); every episode of a policy with a return head keeps the head's
+        """Path-integral episodes get this step's R̂ from the policy's return head (at t=0 only,
+        or every step); every episode of a policy with a return head keeps the head's
         prediction E[R | s_0]. True when an R̂ changed, so the windows must be built again."""
         if not getattr(policy, "has_return_head", False):
             return False
@@ -330,7 +330,7 @@ def _score(info, env_id: str, ret):
 
 def evaluate_in_process(policy: Policy, targets: list[float], episodes: int, seed: int,
                         env_id: str | None = None, max_steps: int = 0, num_envs: int = 16,
-                        alphas: list[float] = (), resample: bool = True) -> dict[str, float]:
+                        alphas: list[float] = (), resample: bool = False) -> dict[str, float]:
     """Mean return and normalised score over (``targets`` and path-integral ``alphas``) x
     ``episodes`` (one seed), stepped in this process: periodic evaluation on a training
     worker, without actors."""

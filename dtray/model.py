@@ -214,7 +214,9 @@ class DecisionTransformer(nn.Module):
             if return_range is None or not return_range[1] > return_range[0] or config.return_bins < 2:
                 raise ValueError(f"return_head needs return_range low < high and return_bins >= 2, "
                                  f"got {return_range} and {config.return_bins}")
-            self.return_head = nn.Linear(d, config.return_bins)
+            # an MLP: with return_loss_weight 0 it reads features the action loss shaped, which a
+            # linear read fits less well
+            self.return_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.return_bins))
             low, high = return_range
             width = (high - low) / config.return_bins
             self.register_buffer("return_low", torch.tensor(float(low)), persistent=False)
@@ -335,10 +337,12 @@ class DecisionTransformer(nn.Module):
                               batch["mask"], slice(None))
         hidden = hidden.unflatten(1, (-1, TOKENS_PER_STEP))  # (B, K, 3, d)
         loss, metrics = self._action_loss(self._action_output(hidden[:, :, ACTION_READ]), batch, entropy_coef)
-        logits = self.return_head(hidden[:, :, RETURN_READ]).float()
+        read, weight = hidden[:, :, RETURN_READ], self.config.return_loss_weight
+        shared = weight * read + (1.0 - weight) * read.detach()  # same value; the trunk gets `weight` of the gradient
+        logits = self.return_head(shared).float()
         nll = F.cross_entropy(logits.flatten(0, 1), self.return_bin(batch["returns_to_go"]).flatten(), reduction="none")
         return_nll = masked_mean(nll.view_as(batch["mask"]), batch["mask"].float())
-        return loss + self.config.return_loss_weight * return_nll, {**metrics, "return_nll": return_nll.detach()}
+        return loss + return_nll, {**metrics, "return_nll": return_nll.detach()}
 
     def _action_loss(self, out, batch: dict[str, torch.Tensor], entropy_coef: float):
         mask, target = batch["mask"].float(), batch["actions"]

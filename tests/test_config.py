@@ -28,6 +28,7 @@ def test_overrides_parse_yaml_values_and_round_trip(tmp_path):
     (["data.sampling=best"], "data.sampling"),
     (["lr=1"], "section.key=value"),
     (["eval.temperature=0"], "eval.temperature must be > 0"),
+    (["model.return_loss_weight=2"], r"model.return_loss_weight must be in \[0, 1\]"),
 ])
 def test_bad_keys_and_values_name_the_field(override, message):
     with pytest.raises(DtrayError, match=message):

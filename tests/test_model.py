@@ -328,11 +328,41 @@ def test_return_head_reads_s_t_before_r_t(case):
     assert metrics["return_nll"] > 0 and loss > metrics["return_nll"]
 
 
-def test_return_head_learns_a_known_return_distribution():
+def test_return_loss_reaches_the_shared_trunk_only_by_its_weight():
+    """The return head always learns from its full cross-entropy; the Transformer below it gets
+    ``return_loss_weight`` of that gradient: at 0 it trains exactly as on the action loss alone."""
+    batch = make_batch("return_head")
+
+    def grads(weight: float, action_only: bool = False) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = make_model("return_head")
+        model.config.return_loss_weight = weight
+        if action_only:
+            out = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
+            loss = model._action_loss(out, batch, 0.0)[0]
+        else:
+            loss = model.loss(batch)[0]
+        loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    probe, full, quarter, action = grads(0.0), grads(1.0), grads(0.25), grads(0.0, action_only=True)
+    trunk = [name for name in action if not name.startswith("return_head")]
+    assert trunk and all(name.startswith("return_head") for name in set(probe) - set(action))
+    for name in trunk:
+        torch.testing.assert_close(probe[name], action[name], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(quarter[name], 0.75 * probe[name] + 0.25 * full[name], atol=1e-6, rtol=1e-4)
+    assert any(not torch.allclose(full[name], probe[name]) for name in trunk)
+    for name in (name for name in full if name.startswith("return_head")):
+        torch.testing.assert_close(probe[name], full[name])
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])  # a probe on the action model's features; trained jointly
+def test_return_head_learns_a_known_return_distribution(weight):
     """Returns-to-go drawn per step as 3.25 with probability 0.9 when s[0] = 2, 0.2 when
     s[0] = -2 (1.25 otherwise): the head's probabilities of the two bins approach those numbers."""
     torch.manual_seed(0)
     model = make_model("return_head")
+    model.config.return_loss_weight = weight
     optimizer = torch.optim.AdamW(model.optimizer_groups(0.0), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
 
