@@ -390,6 +390,14 @@ class DecisionTransformer(nn.Module):
         u = mean if deterministic else mean + temperature * log_std.exp() * torch.randn_like(mean)
         return self.to_env(torch.tanh(u))
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters whose gradient norm is clipped together: the action model first, then the
+        return head alone, so that the head's large cross-entropy gradient does not shrink the
+        action model's steps through one shared norm."""
+        head = list(self.return_head.parameters()) if self.config.return_head else []
+        ids = {id(p) for p in head}
+        return [[p for p in self.parameters() if id(p) not in ids]] + ([head] if head else [])
+
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay Linear/Conv weights only; biases, LayerNorms and embeddings
         (including the tied discrete head) are not decayed. Each parameter appears once."""

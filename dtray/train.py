@@ -138,7 +138,8 @@ class Trainer:
             loss, metrics = self.loss_module(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        grad_norm, *_ = [torch.nn.utils.clip_grad_norm_(group, self.config.train.grad_clip)
+                         for group in self.model.clip_groups()]  # reported: the action model's
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1

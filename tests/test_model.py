@@ -328,23 +328,29 @@ def test_return_head_reads_s_t_before_r_t(case):
     assert metrics["return_nll"] > 0 and loss > metrics["return_nll"]
 
 
+def return_head_grads(weight: float, action_only: bool = False, clip: float | None = None) -> dict[str, torch.Tensor]:
+    """Gradients of a fresh return-head model's loss (or of its action loss alone) on one
+    batch, optionally clipped per :meth:`clip_groups` as the trainer does."""
+    batch = make_batch("return_head")
+    torch.manual_seed(0)
+    model = make_model("return_head")
+    model.config.return_loss_weight = weight
+    if action_only:
+        out = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
+        loss = model._action_loss(out, batch, 0.0)[0]
+    else:
+        loss = model.loss(batch)[0]
+    loss.backward()
+    if clip is not None:
+        for group in model.clip_groups():
+            torch.nn.utils.clip_grad_norm_(group, clip)
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
 def test_return_loss_reaches_the_shared_trunk_only_by_its_weight():
     """The return head always learns from its full cross-entropy; the Transformer below it gets
     ``return_loss_weight`` of that gradient: at 0 it trains exactly as on the action loss alone."""
-    batch = make_batch("return_head")
-
-    def grads(weight: float, action_only: bool = False) -> dict[str, torch.Tensor]:
-        torch.manual_seed(0)
-        model = make_model("return_head")
-        model.config.return_loss_weight = weight
-        if action_only:
-            out = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
-            loss = model._action_loss(out, batch, 0.0)[0]
-        else:
-            loss = model.loss(batch)[0]
-        loss.backward()
-        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
+    grads = return_head_grads
     probe, full, quarter, action = grads(0.0), grads(1.0), grads(0.25), grads(0.0, action_only=True)
     trunk = [name for name in action if not name.startswith("return_head")]
     assert trunk and all(name.startswith("return_head") for name in set(probe) - set(action))
@@ -354,6 +360,20 @@ def test_return_loss_reaches_the_shared_trunk_only_by_its_weight():
     assert any(not torch.allclose(full[name], probe[name]) for name in trunk)
     for name in (name for name in full if name.startswith("return_head")):
         torch.testing.assert_close(probe[name], full[name])
+
+
+def test_gradient_clipping_keeps_the_return_head_apart_from_the_action_model():
+    """One shared norm would let the head's large cross-entropy gradient shrink the action
+    model's steps; clipped per group, a probe's action model steps as on the action loss alone."""
+    model = make_model("return_head")
+    action_params, head_params = model.clip_groups()
+    assert {id(p) for p in head_params} == {id(p) for p in model.return_head.parameters()}
+    assert len(action_params) + len(head_params) == len(list(model.parameters()))
+    assert len(make_model("stochastic").clip_groups()) == 1
+    clip = 1e-3  # small enough that every group is clipped
+    probe, action = return_head_grads(0.0, clip=clip), return_head_grads(0.0, action_only=True, clip=clip)
+    for name, grad in action.items():
+        torch.testing.assert_close(probe[name], grad, atol=1e-8, rtol=1e-5)
 
 
 @pytest.mark.parametrize("weight", [0.0, 1.0])  # a probe on the action model's features; trained jointly
