@@ -116,8 +116,10 @@ def in_memory_child(data: str, windows: int) -> None:
 
     trajectories = [{"observations": e.observations, "actions": e.actions, "rewards": e.rewards}
                     for e in read_episodes(data)]
-    states = np.concatenate([t["observations"] for t in trajectories])
-    state_mean, state_std = states.mean(0), states.std(0) + 1e-6
+    images = trajectories[0]["observations"].ndim > 2  # frames stay uint8 and unnormalised, as in dtray
+    if not images:
+        states = np.concatenate([t["observations"] for t in trajectories])
+        state_mean, state_std = states.mean(0), states.std(0) + 1e-6
     lengths = np.array([len(t["rewards"]) for t in trajectories])
     p_sample = lengths / lengths.sum()
     rng = np.random.default_rng(0)
@@ -139,12 +141,13 @@ def in_memory_child(data: str, windows: int) -> None:
             rtg = discount_cumsum(traj["rewards"][si:], 1.0)[: len(obs)] / 1000.0
             tlen = len(obs)
             pad = K - tlen
-            s.append(np.concatenate([np.zeros((pad, obs.shape[1])), (obs - state_mean) / state_std]))
+            obs = obs if images else ((obs - state_mean) / state_std).astype(np.float32)
+            s.append(np.concatenate([np.zeros((pad, *obs.shape[1:]), obs.dtype), obs]))
             a.append(np.concatenate([np.zeros((pad, act.shape[1])), act]))
             r.append(np.concatenate([np.zeros(pad), rtg]))
             ts.append(np.concatenate([np.zeros(pad), np.arange(si, si + tlen)]))
             m.append(np.concatenate([np.zeros(pad), np.ones(tlen)]))
-        return [np.stack(x).astype(np.float32) for x in (s, a, r, ts, m)]
+        return [np.stack(s)] + [np.stack(x).astype(np.float32) for x in (a, r, ts, m)]
 
     start = time.perf_counter()
     done = 0
@@ -225,7 +228,9 @@ def validation_cost(path: str, repeats: int = 5) -> dict[str, float]:
     mean = summary["state_sum"].sum(0) / steps
     std = np.sqrt(np.maximum(summary["state_sumsq"].sum(0) / steps - mean ** 2, 1e-12))
     returns = summary["ret"]
-    stats = data.NormStats(state_mean=tuple(mean), state_std=tuple(std), train_episodes=len(returns),
+    vector = len(info.obs_shape) == 1  # images are not normalised
+    stats = data.NormStats(state_mean=tuple(mean) if vector else None, state_std=tuple(std) if vector else None,
+                           train_episodes=len(returns),
                            train_steps=int(steps), val_episodes=0, val_steps=0, return_min=float(returns.min()),
                            return_max=float(returns.max()), return_mean=float(returns.mean()),
                            return_std=float(returns.std()), return_quantiles={}, log_z=0.0,
