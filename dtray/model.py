@@ -394,9 +394,11 @@ class DecisionTransformer(nn.Module):
         """Parameters whose gradient norm is clipped together: the action model first, then the
         return head alone, so that the head's large cross-entropy gradient does not shrink the
         action model's steps through one shared norm."""
-        head = list(self.return_head.parameters()) if self.config.return_head else []
-        ids = {id(p) for p in head}
-        return [[p for p in self.parameters() if id(p) not in ids]] + ([head] if head else [])
+        if not self.config.return_head:
+            return [list(self.parameters())]
+        head = list(self.return_head.parameters())
+        in_head = {id(p) for p in head}
+        return [[p for p in self.parameters() if id(p) not in in_head], head]
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay Linear/Conv weights only; biases, LayerNorms and embeddings
