@@ -14,7 +14,9 @@ otherwise), then the actor-pool evaluation of the checkpoint ``dtray train`` pic
 * ``pi``: the DT with a return head (``model.return_head=true``), given no target: R̂ drawn
   from p(R | history, s_t) * exp(R / alpha) at the auto temperatures (``--methods pi``; not
   in the default set). Its "targets" are the alphas, its Spearman is between -alpha and the
-  return achieved (does a colder tilt give more?).
+  return achieved (does a colder tilt give more?). The same checkpoint is also evaluated at
+  the auto targets (``auto_score``), so that choosing R̂ by the path integral is compared with
+  the best hand-set target of the very same model.
 
 Each finished run is appended to ``<out>/quality_runs.csv`` (a rerun skips the runs it holds,
 so a long table can be stopped and continued), and the report is rebuilt from that file: a
@@ -98,17 +100,26 @@ def run_key(dataset, method, seed, steps, policy, episodes) -> tuple:
     return dataset, method, int(seed), int(steps), policy, int(episodes)
 
 
+def evaluate_run(checkpoint: str, config: cfg.Config, targets, episodes: int, seed: int, out: str) -> pd.DataFrame:
+    """The evaluation summary of one checkpoint at ``targets`` (a list, "auto" or "path-integral")."""
+    eval_config = dataclasses.replace(config.eval, episodes=episodes, seeds=[seed], out=out, targets=targets)
+    return evaluate_checkpoints([checkpoint], eval_config, progress=False).summary
+
+
 def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, args, storage: str) -> dict:
     config = run_config(dataset, path, method, seed, args, storage)
     info, _, returns, _ = episode_returns(str(path))
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines and the eval table are not the point
-        result = fit(config)
+        checkpoint = best_checkpoint(fit(config)).path
         trained = time.perf_counter()
+        # behaviour cloning ignores the target: one is enough
         targets = config.eval.targets if config.model.return_conditioned else [float(returns.max())]
-        eval_config = dataclasses.replace(  # behaviour cloning ignores the target: one is enough
-            config.eval, episodes=episodes, seeds=[seed], out=os.path.join(storage, "eval"), targets=targets)
-        summary = evaluate_checkpoints([best_checkpoint(result).path], eval_config, progress=False).summary
+        summary = evaluate_run(checkpoint, config, targets, episodes, seed, os.path.join(storage, "eval"))
+        auto_score = np.nan
+        if method == "pi":  # the same model at the hand-set targets, for the comparison
+            auto = evaluate_run(checkpoint, config, "auto", episodes, seed, os.path.join(storage, "eval-auto"))
+            auto_score = float(best_targets(auto).iloc[0]["score_mean"])
     evaluated = time.perf_counter()
     best = best_targets(summary).iloc[0]
     if method == "pi":
@@ -122,7 +133,7 @@ def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, ar
         "policy": config.model.policy,
         "best_score": float(best["score_mean"]), "best_target": float(best["alpha" if method == "pi" else "target"]),
         "best_return": float(best["return_mean"]),
-        "spearman": rho,
+        "spearman": rho, "auto_score": auto_score,
         "targets": json.dumps([round(float(t), 3) for t in conditions]),
         "returns": json.dumps([round(float(r), 3) for r in summary["return_mean"]]),
         "data_mean_score": float(info.normalized_score(returns.mean())),
@@ -151,8 +162,10 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, steps, episodes, method): mean and sample std over seeds."""
+    runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, "auto_score"])))  # runs files from before it
     grouped = runs.groupby(["dataset", "policy", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
+                        auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
                         wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
@@ -171,7 +184,8 @@ def markdown(table: pd.DataFrame) -> str:
     lines = []
     with_pi = "pi" in set(table["method"])
     for steps, rows in table.groupby("steps", sort=True):
-        pi_header = (" DT, path-integral (best alpha) | PI Spearman(-alpha) |", "---:|---:|") if with_pi else ("", "")
+        pi_header = ((" DT, path-integral (best alpha) | same model, best auto target | PI Spearman(-alpha) |",
+                      "---:|---:|---:|") if with_pi else ("", ""))
         lines += [f"Budget: {steps:,} training steps per run.", "",
                   f"| dataset | head | episodes | DT score | BC score |{pi_header[0]} DT Spearman | dataset mean / max "
                   f"| seeds | wall s (DT) |",
@@ -180,7 +194,7 @@ def markdown(table: pd.DataFrame) -> str:
             by = {row.method: row for row in group.itertuples()}
             dt, bc, pi = by.get("dt"), by.get("bc"), by.get("pi")
             ref = dt or bc or pi
-            pi_cells = (f" {_pm(pi.score, pi.score_std) if pi else '–'} | "
+            pi_cells = (f" {_pm(pi.score, pi.score_std) if pi else '–'} | {_pm(pi.auto, pi.auto_std) if pi else '–'} | "
                         f"{_pm(pi.spearman, pi.spearman_std, 2) if pi else '–'} |") if with_pi else ""
             seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
             lines.append(

@@ -34,29 +34,33 @@ def test_spearman_ranks_with_ties_and_is_undefined_for_constant_sides(bench):
 
 @pytest.mark.slow
 def test_quick_table_trains_evaluates_and_reports_each_method_once(bench, ray_local, tmp_path):
-    runs = bench.main(["--quick", "--out", str(tmp_path)])
-    assert sorted(runs["method"]) == ["bc", "dt"]
+    argv = ["--quick", "--out", str(tmp_path), "--methods", "dt", "bc", "pi"]
+    runs = bench.main(argv)
+    assert sorted(runs["method"]) == ["bc", "dt", "pi"]
     assert (runs["dataset"] == "pendulum-medium-expert").all() and (runs["steps"] == bench.QUICK["steps"]).all()
     for column in ("best_score", "best_return", "data_mean_score", "data_max_score", "train_s", "eval_s"):
         assert np.isfinite(runs[column].astype(float)).all(), column
-    dt = runs[runs["method"] == "dt"].iloc[0]
-    assert len(json.loads(dt["targets"])) == 5  # the auto targets; behaviour cloning needs one
-    assert len(json.loads(runs[runs["method"] == "bc"].iloc[0]["targets"])) == 1
+    method = runs.set_index("method")
+    assert len(json.loads(method.at["dt", "targets"])) == 5  # the auto targets; behaviour cloning needs one
+    assert len(json.loads(method.at["bc", "targets"])) == 1
+    assert len(json.loads(method.at["pi", "targets"])) == 5  # the auto temperatures
+    # the path-integral model is also scored at the auto targets; the others have nothing there
+    assert np.isfinite(method.at["pi", "auto_score"]) and method.loc[["dt", "bc"], "auto_score"].isna().all()
 
     saved = pd.read_csv(tmp_path / "quality_runs.csv")
-    assert len(saved) == 2
+    assert len(saved) == 3
     report = (tmp_path / "results.md").read_text()
     assert "| pendulum-medium-expert |" in report and "Budget: 40 training steps" in report
     assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    again = bench.main(["--quick", "--out", str(tmp_path)])  # a rerun skips the runs it holds
+    again = bench.main(argv)  # a rerun skips the runs it holds
     pd.testing.assert_frame_equal(again.reset_index(drop=True), saved, check_dtype=False)
 
 
 def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, tmp_path):
     runs = pd.DataFrame([
         {"dataset": "cartpole-medium", "policy": "discrete", "method": method, "seed": seed, "steps": 100,
-         "episodes": 10, "best_score": score,
+         "episodes": 10, "best_score": score, "auto_score": 88.0 + seed if method == "pi" else np.nan,
          "spearman": 0.9, "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0}
         for method, scores in (("dt", (80.0, 90.0)), ("bc", (60.0, 70.0)), ("pi", (84.0, 86.0)))
         for seed, score in enumerate(scores)] + [
@@ -71,7 +75,8 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
     text = doc.read_text()
     assert text.startswith("# Results\nprose\n") and text.endswith(f"{bench.TABLE_END}\nmore prose\n")
     assert "old table" not in text
-    assert ("| cartpole-medium | discrete | 10 | 85.0 ± 7.1 | 65.0 ± 7.1 | 85.0 ± 1.4 | 0.90 ± 0.00 | 0.90 ± 0.00 | 50.0 / 100.0 "
+    assert ("| cartpole-medium | discrete | 10 | 85.0 ± 7.1 | 65.0 ± 7.1 | 85.0 ± 1.4 | 88.5 ± 0.7 | 0.90 ± 0.00 | 0.90 ± 0.00 "
+            "| 50.0 / 100.0 "
             "| 2/2/2 | 12 |") in text
     for row in ("| pendulum-medium | deterministic | 10 | 60.0 | – |", "| pendulum-medium | deterministic | 50 | 70.0 | – |",
                 "| pendulum-medium | binned | 10 | 95.0 | – |"):
