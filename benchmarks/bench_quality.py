@@ -209,8 +209,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     from matplotlib.figure import Figure
 
     steps = table.groupby("steps")["seeds"].sum().idxmax()  # the budget of most runs; per row its most episodes
-    rows = table[table["steps"] == steps].sort_values("episodes").drop_duplicates(["dataset", "policy", "method"],
-                                                                                 keep="last")
+    rows = table[table["steps"] == steps].reset_index(drop=True)  # the index keeps the table's order
+    rows = rows.sort_values("episodes").drop_duplicates(["dataset", "policy", "method"], keep="last").sort_index()
     rows = rows.assign(label=rows["dataset"].where(rows.groupby("dataset")["policy"].transform("nunique") == 1,
                                                    rows["dataset"] + " (" + rows["policy"] + ")"))
     datasets = list(dict.fromkeys(rows["label"]))
@@ -229,7 +229,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(x, datasets, rotation=60, ha="right", fontsize="small")
     ax.set(ylabel="score at best target (mean ± std)",
            title=f"dtray score table ({steps:,} steps per run)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, format="png", dpi=100)
 
 
