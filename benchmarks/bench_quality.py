@@ -162,7 +162,7 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, steps, episodes, method): mean and sample std over seeds."""
-    runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, "auto_score"])))  # runs files from before it
+    runs = runs.assign(auto_score=runs.get("auto_score", np.nan))  # runs files from before the column
     grouped = runs.groupby(["dataset", "policy", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
                         auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
@@ -174,7 +174,9 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["steps", "dataset", "policy", "episodes"], key=lambda c: c.map(order) if c.name == "dataset" else c)
 
 
-def _pm(mean: float, std: float, digits: int = 1) -> str:
+def _pm(row, field: str, digits: int = 1) -> str:
+    """``field`` of a summary row as mean ± std over seeds; – where the row or its mean is missing."""
+    mean, std = (getattr(row, field), getattr(row, f"{field}_std")) if row else (np.nan, np.nan)
     if np.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -194,12 +196,11 @@ def markdown(table: pd.DataFrame) -> str:
             by = {row.method: row for row in group.itertuples()}
             dt, bc, pi = by.get("dt"), by.get("bc"), by.get("pi")
             ref = dt or bc or pi
-            pi_cells = (f" {_pm(pi.score, pi.score_std) if pi else '–'} | {_pm(pi.auto, pi.auto_std) if pi else '–'} | "
-                        f"{_pm(pi.spearman, pi.spearman_std, 2) if pi else '–'} |") if with_pi else ""
+            pi_cells = f" {_pm(pi, 'score')} | {_pm(pi, 'auto')} | {_pm(pi, 'spearman', 2)} |" if with_pi else ""
             seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
             lines.append(
-                f"| {dataset} | {policy} | {episodes:.0f} | {_pm(dt.score, dt.score_std) if dt else '–'} | {_pm(bc.score, bc.score_std) if bc else '–'} |"
-                f"{pi_cells} {_pm(dt.spearman, dt.spearman_std, 2) if dt else '–'} | "
+                f"| {dataset} | {policy} | {episodes:.0f} | {_pm(dt, 'score')} | {_pm(bc, 'score')} |"
+                f"{pi_cells} {_pm(dt, 'spearman', 2)} | "
                 f"{ref.data_mean:.1f} / {ref.data_max:.1f} | {seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
         lines.append("")
     return "\n".join(lines)
