@@ -23,7 +23,7 @@ so a long table can be stopped and continued), and the report is rebuilt from th
 markdown table (mean ± sample std over seeds) written between the markers in
 ``docs/results.md`` (or to ``<out>/results.md``), and ``<out>/scores.png``.
 
-Per dataset and method: the normalised score at the best target, Spearman's rank correlation
+Per dataset, action head, way of acting (greedy, or sampled at a temperature) and method: the normalised score at the best target, Spearman's rank correlation
 between the targets inside the dataset's return range and the mean returns achieved there
 (calibration; undefined when either side is constant), and the dataset's own mean and max
 normalised return.
@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"dt": [], "bc": ["model.return_conditioned=false", "eval.deterministic=true"],
            "pi": ["model.return_head=true", "eval.targets=path-integral"]}
 DEFAULT_METHODS = ["dt", "bc"]
-RUN_KEYS = ["dataset", "method", "seed", "steps", "policy", "episodes"]  # policy: the action head
+RUN_KEYS = ["dataset", "method", "seed", "steps", "policy", "acting", "episodes"]  # policy: the action head
 TABLE_START, TABLE_END = "<!-- score-table:start -->", "<!-- score-table:end -->"
 QUICK = {"dataset": "pendulum-medium-expert", "episodes": 40, "steps": 40,
          "overrides": ["train.warmup_steps=10", "train.checkpoint_every=40", "train.log_every=20",
@@ -95,9 +95,19 @@ def spearman(targets: np.ndarray, achieved: np.ndarray) -> float:
     return float(pd.Series(targets).rank().corr(pd.Series(achieved).rank()))
 
 
-def run_key(dataset, method, seed, steps, policy, episodes) -> tuple:
+def run_key(dataset, method, seed, steps, policy, acting, episodes) -> tuple:
     """A run's identity in the runs file, whose integer columns may read back as floats."""
-    return dataset, method, int(seed), int(steps), policy, int(episodes)
+    return dataset, method, int(seed), int(steps), policy, acting, int(episodes)
+
+
+def acting(config: cfg.Config) -> str:
+    """How the policy picks its action when evaluated: ``greedy`` (its mean or most likely
+    action) or sampled, at a temperature and nucleus. It moves both the score and the
+    calibration, so runs that differ in it are rows of their own."""
+    sampling = config.eval.sampling
+    if sampling.deterministic:
+        return "greedy"
+    return f"sampled T {sampling.temperature:g}" + (f" top-p {sampling.top_p:g}" if sampling.top_p < 1 else "")
 
 
 def evaluate_run(checkpoint: str, config: cfg.Config, targets, episodes: int, seed: int, out: str) -> pd.DataFrame:
@@ -130,7 +140,7 @@ def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, ar
         rho = spearman(inside["target"].to_numpy(), inside["return_mean"].to_numpy())
     return {
         "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
-        "policy": config.model.policy,
+        "policy": config.model.policy, "acting": acting(config),
         "best_score": float(best["score_mean"]), "best_target": float(best["alpha" if method == "pi" else "target"]),
         "best_return": float(best["return_mean"]),
         "spearman": rho, "auto_score": auto_score,
@@ -161,9 +171,9 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, action head, steps, episodes, method): mean and sample std over seeds."""
+    """One row per (dataset, action head, acting, steps, episodes, method): mean and sample std over seeds."""
     runs = runs.assign(auto_score=runs.get("auto_score", np.nan))  # runs files from before the column
-    grouped = runs.groupby(["dataset", "policy", "steps", "episodes", "method"], sort=False)
+    grouped = runs.groupby(["dataset", "policy", "acting", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
                         auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
@@ -171,7 +181,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                         wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
     table["wall_s"] += table.pop("eval_s")
     order = {name: i for i, name in enumerate(list_datasets())}
-    return table.sort_values(["steps", "dataset", "policy", "episodes"], key=lambda c: c.map(order) if c.name == "dataset" else c)
+    return table.sort_values(["steps", "dataset", "policy", "acting", "episodes"],
+                             key=lambda c: c.map(order) if c.name == "dataset" else c)
 
 
 def _pm(row, field: str, digits: int = 1) -> str:
@@ -189,17 +200,18 @@ def markdown(table: pd.DataFrame) -> str:
         pi_header = ((" DT, path-integral (best alpha) | same model, best auto target | PI Spearman(-alpha) |",
                       "---:|---:|---:|") if with_pi else ("", ""))
         lines += [f"Budget: {steps:,} training steps per run.", "",
-                  f"| dataset | head | episodes | DT score | BC score |{pi_header[0]} DT Spearman | dataset mean / max "
-                  f"| seeds | wall s (DT) |",
-                  f"|---|---|---:|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
-        for (dataset, policy, episodes), group in rows.groupby(["dataset", "policy", "episodes"], sort=False):
+                  f"| dataset | head | acting | episodes | DT score | BC score |{pi_header[0]} DT Spearman "
+                  f"| dataset mean / max | seeds | wall s (DT) |",
+                  f"|---|---|---|---:|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
+        for (dataset, policy, how, episodes), group in rows.groupby(["dataset", "policy", "acting", "episodes"],
+                                                                    sort=False):
             by = {row.method: row for row in group.itertuples()}
             dt, bc, pi = by.get("dt"), by.get("bc"), by.get("pi")
             ref = dt or bc or pi
             pi_cells = f" {_pm(pi, 'score')} | {_pm(pi, 'auto')} | {_pm(pi, 'spearman', 2)} |" if with_pi else ""
             seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
             lines.append(
-                f"| {dataset} | {policy} | {episodes:.0f} | {_pm(dt, 'score')} | {_pm(bc, 'score')} |"
+                f"| {dataset} | {policy} | {how} | {episodes:.0f} | {_pm(dt, 'score')} | {_pm(bc, 'score')} |"
                 f"{pi_cells} {_pm(dt, 'spearman', 2)} | "
                 f"{ref.data_mean:.1f} / {ref.data_max:.1f} | {seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
         lines.append("")
@@ -211,9 +223,10 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
     steps = table.groupby("steps")["seeds"].sum().idxmax()  # the budget of most runs; per row its most episodes
     rows = table[table["steps"] == steps].reset_index(drop=True)  # the index keeps the table's order
-    rows = rows.sort_values("episodes").drop_duplicates(["dataset", "policy", "method"], keep="last").sort_index()
-    rows = rows.assign(label=rows["dataset"].where(rows.groupby("dataset")["policy"].transform("nunique") == 1,
-                                                   rows["dataset"] + " (" + rows["policy"] + ")"))
+    rows = rows.sort_values("episodes").drop_duplicates(["dataset", "policy", "acting", "method"], keep="last").sort_index()
+    variant = rows["policy"] + (", " + rows["acting"]).where(rows["acting"] != "greedy", "")
+    rows = rows.assign(label=rows["dataset"].where(variant.groupby(rows["dataset"]).transform("nunique") == 1,
+                                                   rows["dataset"] + " (" + variant + ")"))
     datasets = list(dict.fromkeys(rows["label"]))
     x = np.arange(len(datasets))
     fig = Figure(figsize=(max(6.0, 0.55 * len(datasets) + 2), 4.5), layout="constrained")
@@ -291,7 +304,8 @@ def main(argv=None) -> pd.DataFrame:
                 for method in args.methods:
                     config = run_config(dataset, path, method, seed, args)
                     episodes = args.episodes or config.eval.episodes
-                    if run_key(dataset, method, seed, config.train.max_steps, config.model.policy, episodes) in done:
+                    key = (dataset, method, seed, config.train.max_steps, config.model.policy, acting(config), episodes)
+                    if run_key(*key) in done:
                         continue
                     storage = tempfile.mkdtemp(prefix="dtray-quality-")
                     try:

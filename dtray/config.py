@@ -23,6 +23,20 @@ Amp = Literal["auto", "bf16", "off"]
 Compile = Literal["auto", "on", "off"]
 
 
+@dataclass(frozen=True)
+class ActionSampling:
+    """How an action is read from the policy head: its mean or most likely action
+    (``deterministic``), or a draw at ``temperature`` (logits / T; the Gaussian's std * T)
+    from the nucleus of a categorical head: its most likely actions whose probabilities
+    sum to ``top_p`` (Holtzman et al., 2020). The nucleus keeps a draw off the rare actions
+    of a confident policy (the random actions mixed into a noisy behaviour's data) while a
+    policy unsure of its action still samples widely, which keeps it following the target."""
+
+    deterministic: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
 @dataclass
 class DataConfig:
     """Where the trajectories are and how they become training windows."""
@@ -136,11 +150,18 @@ class EvalConfig:
     amp: Amp = "auto"  # bf16 autocast for acting, as train.amp
     deterministic: bool = True  # act with the mean (argmax); false samples a ~ p(a | history, R̂)
     temperature: float = 1.0  # when sampling: a ~ p^(1/temperature); below 1 sharpens p toward its mode
+    top_p: float = 1.0  # when sampling a binned or discrete head: only its most likely actions, p summing to top_p
     out: str = ""  # results dir; empty = <checkpoint>/eval
 
     def __post_init__(self):
         if not self.temperature > 0:
             raise ValueError(f"eval.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def sampling(self) -> ActionSampling:
+        return ActionSampling(self.deterministic, self.temperature, self.top_p)
 
 
 @dataclass

@@ -38,7 +38,7 @@ import pandas as pd
 import ray
 from ray.exceptions import RayActorError
 
-from dtray.config import EvalConfig
+from dtray.config import ActionSampling, EvalConfig
 from dtray.data import LiveContexts
 from dtray.errors import DtrayError
 from dtray.policy import Policy
@@ -671,16 +671,14 @@ def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: 
     return EvalResult(out_dir, episodes, summary, seconds)
 
 
-def load_checkpoint_policy(path: str, amp: str = "auto", deterministic: bool = True,
-                           temperature: float = 1.0) -> Policy:
+def load_checkpoint_policy(path: str, amp: str = "auto", sampling: ActionSampling = ActionSampling()) -> Policy:
     """A checkpoint's policy on the best device this process has: GPU actors get CUDA, the
     driver (which only checks spaces) whatever it has."""
     import torch
 
     from dtray.policy import load_policy
 
-    return load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu", amp=amp,
-                       deterministic=deterministic, temperature=temperature)
+    return load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu", amp=amp, sampling=sampling)
 
 
 def checkpoint_names(paths: list[str]) -> list[str]:
@@ -698,7 +696,6 @@ def evaluate_checkpoints(checkpoints: list[str], config: EvalConfig, progress: b
     (default ``<first checkpoint>/eval``)."""
     if not checkpoints:
         raise DtrayError("no checkpoints to evaluate")
-    factories = {name: functools.partial(load_checkpoint_policy, str(path), config.amp, config.deterministic,
-                                         config.temperature)
+    factories = {name: functools.partial(load_checkpoint_policy, str(path), config.amp, config.sampling)
                  for name, path in zip(checkpoint_names(checkpoints), checkpoints)}
     return evaluate_grid(factories, config, config.out or os.path.join(checkpoints[0], "eval"), progress=progress)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtray.config import ModelConfig
+from dtray.config import ActionSampling, ModelConfig
 
 TOKENS_PER_STEP = 3  # R̂_t, s_t, a_t; (s_t, R̂_t, a_t) with a return head
 ACTION_READ, RETURN_READ = 1, 0  # token of a step that each head reads: the one before a_t; s_t
@@ -167,11 +167,17 @@ def bin_index(values: torch.Tensor, low, width, bins: int) -> torch.Tensor:
     return torch.floor((values.float() - low) / width).long().clamp(0, bins - 1)
 
 
-def _choose(logits: torch.Tensor, deterministic: bool, temperature: float) -> torch.Tensor:
-    """Index of the most likely entry of the last dim, or a draw from softmax(logits / T)."""
-    if deterministic:
+def _choose(logits: torch.Tensor, sampling: ActionSampling) -> torch.Tensor:
+    """Index of the most likely entry of the last dim, or a draw from softmax(logits / T)
+    over its nucleus: the fewest most likely entries whose probabilities reach top_p."""
+    if sampling.deterministic:
         return logits.argmax(-1)
-    return torch.distributions.Categorical(logits=logits / temperature).sample()
+    logits = logits / sampling.temperature
+    if sampling.top_p < 1.0:
+        probs, order = torch.softmax(logits, -1).sort(-1, descending=True)
+        beyond = probs.cumsum(-1) - probs >= sampling.top_p  # the nucleus was full before this entry
+        logits = logits.masked_fill(torch.zeros_like(beyond).scatter(-1, order, beyond), float("-inf"))
+    return torch.distributions.Categorical(logits=logits).sample()
 
 
 # --- the model --------------------------------------------------------------------------
@@ -373,21 +379,19 @@ class DecisionTransformer(nn.Module):
         return nll - entropy_coef * entropy, metrics
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], deterministic: bool = True,
-                temperature: float = 1.0) -> torch.Tensor:
+    def predict(self, batch: dict[str, torch.Tensor], sampling: ActionSampling = ActionSampling()) -> torch.Tensor:
         """The action of each window's last step: (B, act_dim) float32 in env units, or (B,)
-        int64. ``deterministic=False`` samples from the stochastic, binned and discrete
-        policies, at ``temperature`` (logits / T; the Gaussian's std * T)."""
+        int64: the mean or most likely action, or drawn as ``sampling`` says."""
         out = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"],
                    last_only=True)
         if self.config.policy == "discrete":
-            return _choose(out[:, -1].float(), deterministic, temperature)
+            return _choose(out[:, -1].float(), sampling)
         if self.config.policy == "binned":
-            return self.to_env(self.action_bin_centers[_choose(out[:, -1].float(), deterministic, temperature)])
+            return self.to_env(self.action_bin_centers[_choose(out[:, -1].float(), sampling)])
         if self.config.policy == "deterministic":
             return self.to_env(torch.tanh(out[:, -1].float()))
         mean, log_std = out.mean[:, -1].float(), out.log_std[:, -1].float()
-        u = mean if deterministic else mean + temperature * log_std.exp() * torch.randn_like(mean)
+        u = mean if sampling.deterministic else mean + sampling.temperature * log_std.exp() * torch.randn_like(mean)
         return self.to_env(torch.tanh(u))
 
     def clip_groups(self) -> list[list[nn.Parameter]]:

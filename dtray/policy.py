@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from dtray.config import ActionSampling
 from dtray.data import WindowSpec
 from dtray.format import DatasetInfo
 from dtray.model import autocast, tilted_log_probs
@@ -30,9 +31,9 @@ class DTPolicy:
     """A trained Decision Transformer wrapped to act on numpy windows."""
 
     def __init__(self, model, info: DatasetInfo, spec: WindowSpec, stats, device="cpu", amp: str = "auto",
-                 deterministic: bool = True, temperature: float = 1.0):
+                 sampling: ActionSampling = ActionSampling()):
         self.model, self.info, self.spec, self.stats, self.amp = model, info, spec, stats, amp
-        self.deterministic, self.temperature = deterministic, temperature
+        self.sampling = sampling
         self.device = torch.device(device)
         self.return_stats = {
             "min": stats.return_min,
@@ -54,10 +55,8 @@ class DTPolicy:
         return out
 
     def act(self, windows: dict[str, np.ndarray]) -> np.ndarray:
-        """Actions for a batch of windows: the mean or argmax when ``deterministic``, else
-        sampled from the stochastic, binned or discrete head at ``temperature``."""
-        actions = self._evaluate(self.model.predict, windows, deterministic=self.deterministic,
-                                 temperature=self.temperature).float().cpu().numpy()
+        """Actions for a batch of windows, chosen as the policy's ``sampling`` says."""
+        actions = self._evaluate(self.model.predict, windows, sampling=self.sampling).float().cpu().numpy()
         return actions.astype(np.int64) if self.info.discrete else actions
 
     @property
@@ -77,10 +76,10 @@ class DTPolicy:
         return returns[drawn].double().cpu().numpy(), expected.double().cpu().numpy()
 
 
-def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", deterministic: bool = True,
-                temperature: float = 1.0) -> DTPolicy:
+def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto",
+                sampling: ActionSampling = ActionSampling()) -> DTPolicy:
     """Rebuild the model from a checkpoint directory (local path or a Ray ``Checkpoint``);
-    ``amp``, ``deterministic`` and ``temperature`` as the ``eval`` section's."""
+    ``amp`` and ``sampling`` as the ``eval`` section's."""
     from dtray import checkpoint
 
     if hasattr(checkpoint_dir, "to_directory"):
@@ -88,4 +87,4 @@ def load_policy(checkpoint_dir, device: str = "cpu", amp: str = "auto", determin
     config, spec, info, stats = checkpoint.read_meta(checkpoint_dir)
     model = checkpoint.build_model(config, info, stats)
     checkpoint.load_weights(checkpoint_dir, model)
-    return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp, deterministic, temperature)
+    return DTPolicy(model.to(device).eval(), info, spec, stats, device, amp, sampling)

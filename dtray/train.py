@@ -170,7 +170,7 @@ class Trainer:
 
         config = self.config.eval
         policy = DTPolicy(self.model, self.info, self.spec, self.stats, self.device, amp=config.amp,
-                          deterministic=config.deterministic, temperature=config.temperature)
+                          sampling=config.sampling)
         coldest = sorted(eval_alphas(config, "training", policy.return_stats))[:1]
         result = evaluate_in_process(policy, targets=[] if coldest else [self.stats.return_max],
                                      episodes=config.episodes, seed=self.config.train.seed, max_steps=config.max_steps,

@@ -59,27 +59,29 @@ def test_quick_table_trains_evaluates_and_reports_each_method_once(bench, ray_lo
 
 def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, tmp_path):
     runs = pd.DataFrame([
-        {"dataset": "cartpole-medium", "policy": "discrete", "method": method, "seed": seed, "steps": 100,
+        {"dataset": "cartpole-medium", "policy": "discrete", "acting": "greedy", "method": method, "seed": seed, "steps": 100,
          "episodes": 10, "best_score": score, "auto_score": 88.0 + seed if method == "pi" else np.nan,
          "spearman": 0.9, "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0}
         for method, scores in (("dt", (80.0, 90.0)), ("bc", (60.0, 70.0)), ("pi", (84.0, 86.0)))
         for seed, score in enumerate(scores)] + [
-        {"dataset": "pendulum-medium", "policy": policy, "method": "dt", "seed": 0, "steps": 100,
+        {"dataset": "pendulum-medium", "policy": policy, "acting": how, "method": "dt", "seed": 0, "steps": 100,
          "episodes": episodes, "best_score": score,
          "spearman": 1.0, "data_mean_score": 50.0, "data_max_score": 90.0, "train_s": 10.0, "eval_s": 2.0}
-        for policy, episodes, score in (("deterministic", 10, 60.0), ("deterministic", 50, 70.0), ("binned", 10, 95.0))])
-    # a row per action head and per number of evaluation episodes
+        for policy, how, episodes, score in (("deterministic", "greedy", 10, 60.0), ("deterministic", "greedy", 50, 70.0),
+                                             ("binned", "greedy", 10, 95.0), ("binned", "sampled T 0.5", 10, 80.0))])
+    # a row per action head, way of acting and number of evaluation episodes
     doc = tmp_path / "results.md"
     doc.write_text(f"# Results\nprose\n{bench.TABLE_START}\nold table\n{bench.TABLE_END}\nmore prose\n")
     bench.write_report(runs, tmp_path, doc)
     text = doc.read_text()
     assert text.startswith("# Results\nprose\n") and text.endswith(f"{bench.TABLE_END}\nmore prose\n")
     assert "old table" not in text
-    assert ("| cartpole-medium | discrete | 10 | 85.0 ± 7.1 | 65.0 ± 7.1 | 85.0 ± 1.4 | 88.5 ± 0.7 | 0.90 ± 0.00 | 0.90 ± 0.00 "
+    assert ("| cartpole-medium | discrete | greedy | 10 | 85.0 ± 7.1 | 65.0 ± 7.1 | 85.0 ± 1.4 | 88.5 ± 0.7 | 0.90 ± 0.00 | 0.90 ± 0.00 "
             "| 50.0 / 100.0 "
             "| 2/2/2 | 12 |") in text
-    for row in ("| pendulum-medium | deterministic | 10 | 60.0 | – |", "| pendulum-medium | deterministic | 50 | 70.0 | – |",
-                "| pendulum-medium | binned | 10 | 95.0 | – |"):
+    for row in ("| pendulum-medium | deterministic | greedy | 10 | 60.0 | – |",
+                "| pendulum-medium | deterministic | greedy | 50 | 70.0 | – |",
+                "| pendulum-medium | binned | greedy | 10 | 95.0 | – |", "| pendulum-medium | binned | sampled T 0.5 | 10 | 80.0 | – |"):
         assert row in text
 
 

@@ -28,6 +28,8 @@ def test_overrides_parse_yaml_values_and_round_trip(tmp_path):
     (["data.sampling=best"], "data.sampling"),
     (["lr=1"], "section.key=value"),
     (["eval.temperature=0"], "eval.temperature must be > 0"),
+    (["eval.top_p=0"], r"eval.top_p must be in \(0, 1\]"),
+    (["eval.top_p=1.5"], r"eval.top_p must be in \(0, 1\]"),
     (["model.return_loss_weight=2"], r"model.return_loss_weight must be in \[0, 1\]"),
 ])
 def test_bad_keys_and_values_name_the_field(override, message):

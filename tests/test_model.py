@@ -4,9 +4,10 @@ return head's (s_t, R̂_t, a_t) included, and its return distribution and tilt a
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from dtray.config import ModelConfig
-from dtray.model import DecisionTransformer, Gaussian, tilted_log_probs
+from dtray.config import ActionSampling, ModelConfig
+from dtray.model import DecisionTransformer, Gaussian, _choose, tilted_log_probs
 
 K, MAX_EP_LEN = 4, 50
 LOW, HIGH = [-2.0, -1.0, 0.0], [2.0, 1.0, 5.0]  # deliberately not [-1, 1]
@@ -137,7 +138,7 @@ def test_stochastic_policy_learns_the_actions():
     model.eval()
     target = batch["actions"][:, -1]
     torch.testing.assert_close(model.predict(batch), target, atol=0.05, rtol=0)
-    samples = torch.stack([model.predict(batch, deterministic=False) for _ in range(20)])
+    samples = torch.stack([model.predict(batch, ActionSampling(deterministic=False)) for _ in range(20)])
     assert torch.all(samples >= torch.tensor(LOW)) and torch.all(samples <= torch.tensor(HIGH))
     assert samples.std(0).max() > 0
     assert (samples.mean(0) - target).abs().max() < 0.2
@@ -152,13 +153,29 @@ def test_sampling_temperature_sharpens_discrete_actions_toward_the_argmax():
     argmax = model.predict(batch)
 
     def agreement(temperature: float) -> float:
-        samples = torch.stack([model.predict(batch, deterministic=False, temperature=temperature)
+        samples = torch.stack([model.predict(batch, ActionSampling(deterministic=False, temperature=temperature))
                                for _ in range(50)])
         return (samples == argmax).float().mean().item()
 
     hot, warm, cold = agreement(1.0), agreement(0.01), agreement(0.001)  # untrained logits are flat
     assert hot < 0.5 < warm < cold
     assert cold > 0.97  # what remains are near-ties of the untrained logits
+
+
+def test_nucleus_sampling_draws_only_the_most_likely_actions_that_reach_top_p():
+    """top_p keeps the fewest most likely actions whose probabilities reach it and draws
+    among them in their renormalised proportions; top_p = 1 keeps every action."""
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5]])
+    logits = probs.log().repeat(4000, 1)
+
+    def shares(top_p: float) -> torch.Tensor:
+        drawn = _choose(logits, ActionSampling(deterministic=False, top_p=top_p)).view(4000, 2)
+        return torch.stack([F.one_hot(drawn[:, row], 3).float().mean(0) for row in range(2)])
+
+    torch.testing.assert_close(shares(1.0), probs, atol=0.03, rtol=0)
+    torch.testing.assert_close(shares(0.75), torch.tensor([[0.0, 2 / 3, 1 / 3], [0.0, 0.375, 0.625]]), atol=0.03, rtol=0)
+    torch.testing.assert_close(shares(0.45), torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("case", list(CASES))

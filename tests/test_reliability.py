@@ -12,7 +12,7 @@ import torch
 
 from dtray import checkpoint
 from dtray.cli import build_parser, evaluation_config, main
-from dtray.config import Config, DataConfig, ModelConfig
+from dtray.config import ActionSampling, Config, DataConfig, ModelConfig
 from dtray.data import NormStats, WindowSpec
 from dtray.errors import DtrayError
 from dtray.format import episodes_to_table, write_dataset
@@ -159,17 +159,17 @@ def test_evaluate_acts_as_the_checkpoint_s_run_config_says_unless_told_otherwise
     """Without --config, a checkpoint trained to sample (CartPole's config) is evaluated
     sampling; overrides and flags still win, and --config replaces it whole."""
     meta = json.loads((saved / "dtray.json").read_text())
-    meta["config"]["eval"].update(deterministic=False, temperature=0.8, episodes=7)
+    meta["config"]["eval"].update(deterministic=False, temperature=0.8, top_p=0.9, episodes=7)
     (saved / "dtray.json").write_text(json.dumps(meta))
     parse = build_parser().parse_args
 
     config = evaluation_config(parse(["evaluate", "--checkpoint", str(saved)])).eval
-    assert (config.deterministic, config.temperature, config.episodes) == (False, 0.8, 7)
+    assert (config.sampling, config.episodes) == (ActionSampling(False, 0.8, 0.9), 7)
     config = evaluation_config(parse(["evaluate", "--checkpoint", str(saved), "--episodes", "3",
                                       "eval.temperature=0.5"])).eval
-    assert (config.deterministic, config.temperature, config.episodes) == (False, 0.5, 3)
+    assert (config.sampling, config.episodes) == (ActionSampling(False, 0.5, 0.9), 3)
     config = evaluation_config(parse(["evaluate", "--checkpoint", str(saved), "--config", "configs/pendulum.yaml"])).eval
-    assert (config.deterministic, config.temperature) == (True, 1.0)
+    assert config.sampling == ActionSampling()
 
 
 def truncate(path, keep=0.5):
