@@ -23,10 +23,11 @@ so a long table can be stopped and continued), and the report is rebuilt from th
 markdown table (mean ± sample std over seeds) written between the markers in
 ``docs/results.md`` (or to ``<out>/results.md``), and ``<out>/scores.png``.
 
-Per dataset, action head, way of acting (greedy, or sampled at a temperature) and method: the normalised score at the best target, Spearman's rank correlation
-between the targets inside the dataset's return range and the mean returns achieved there
-(calibration; undefined when either side is constant), and the dataset's own mean and max
-normalised return.
+Per dataset, action head, way of acting (greedy, or sampled at a temperature) and method:
+the normalised score at the best target, Spearman's rank correlation between the targets
+inside the dataset's return range and the mean returns achieved there (calibration;
+undefined when either side is constant), and the dataset's own mean and max normalised
+return.
 
     python benchmarks/bench_quality.py                       # every dataset, 3 seeds (hours on 2 cores)
     python benchmarks/bench_quality.py --datasets pendulum-medium-expert --seeds 0 1 2
@@ -172,7 +173,6 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, acting, steps, episodes, method): mean and sample std over seeds."""
-    runs = runs.assign(auto_score=runs.get("auto_score", np.nan))  # runs files from before the column
     grouped = runs.groupby(["dataset", "policy", "acting", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
                         auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
@@ -304,8 +304,8 @@ def main(argv=None) -> pd.DataFrame:
                 for method in args.methods:
                     config = run_config(dataset, path, method, seed, args)
                     episodes = args.episodes or config.eval.episodes
-                    key = (dataset, method, seed, config.train.max_steps, config.model.policy, acting(config), episodes)
-                    if run_key(*key) in done:
+                    if run_key(dataset, method, seed, config.train.max_steps, config.model.policy, acting(config),
+                               episodes) in done:
                         continue
                     storage = tempfile.mkdtemp(prefix="dtray-quality-")
                     try:
