@@ -23,11 +23,11 @@ so a long table can be stopped and continued), and the report is rebuilt from th
 markdown table (mean ± sample std over seeds) written between the markers in
 ``docs/results.md`` (or to ``<out>/results.md``), and ``<out>/scores.png``.
 
-Per dataset, action head, way of acting (greedy, or sampled at a temperature) and method:
-the normalised score at the best target, Spearman's rank correlation between the targets
-inside the dataset's return range and the mean returns achieved there (calibration;
-undefined when either side is constant), and the dataset's own mean and max normalised
-return.
+Per dataset, action head, way of acting (greedy, or sampled at a temperature and top-p)
+and method: the normalised score at the best target, Spearman's rank correlation between
+the targets inside the dataset's return range and the mean returns achieved there
+(calibration; undefined when either side is constant), and the dataset's own mean and max
+normalised return.
 
     python benchmarks/bench_quality.py                       # every dataset, 3 seeds (hours on 2 cores)
     python benchmarks/bench_quality.py --datasets pendulum-medium-expert --seeds 0 1 2
