@@ -18,6 +18,11 @@ otherwise), then the actor-pool evaluation of the checkpoint ``dtray train`` pic
   the auto targets (``auto_score``), so that choosing R̂ by the path integral is compared with
   the best hand-set target of the very same model.
 
+``--acting`` evaluates each trained DT (and path-integral) checkpoint once per way of acting
+(``greedy``, ``T0.8``: sampled at temperature 0.8, ``T1p0.9``: at temperature 1 within the
+top-p 0.9 nucleus): the checkpoint is chosen by validation loss, not by how it acts, so one
+training serves every way, a row each. Behaviour cloning always acts greedily.
+
 Each finished run is appended to ``<out>/quality_runs.csv`` (a rerun skips the runs it holds,
 so a long table can be stopped and continued), and the report is rebuilt from that file: a
 markdown table (mean ± sample std over seeds) written between the markers in
@@ -34,6 +39,7 @@ normalised return.
     python benchmarks/bench_quality.py --report              # rebuild the report from the runs file
     python benchmarks/bench_quality.py --quick --out /tmp/q  # one tiny dataset, one seed (the test suite)
     python benchmarks/bench_quality.py model.policy=binned --datasets lunarlander-medium-replay  # overrides first
+    python benchmarks/bench_quality.py model.policy=binned --acting greedy T0.5p0.9 T1p0.9 --datasets reacher-medium
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -79,11 +86,32 @@ def ensure_dataset(name: str, data_dir: Path, episodes: int | None = None) -> Pa
     return path
 
 
-def run_config(dataset: str, path: Path, method: str, seed: int, args, storage: str = "runs") -> cfg.Config:
-    """The env's shipped config, pointed at the dataset, with the method's and the user's overrides."""
+def acting_overrides(way: str) -> list[str]:
+    """The eval overrides of a way of acting: ``greedy``, or ``T<temperature>`` with an
+    optional ``p<top_p>`` (``T1p0.9``)."""
+    if way == "greedy":
+        return ["eval.deterministic=true"]
+    match = re.fullmatch(r"T(\d*\.?\d+)(?:p(\d*\.?\d+))?", way)
+    if match is None:
+        raise SystemExit(f"--acting {way}: expected greedy, T<temperature> or T<temperature>p<top_p> (e.g. T1p0.9)")
+    return ["eval.deterministic=false", f"eval.temperature={match[1]}", f"eval.top_p={match[2] or 1}"]
+
+
+def ways_of_acting(method: str, args) -> list[list[str]]:
+    """Eval overrides per evaluation of one trained checkpoint: the config's own way unless
+    ``--acting`` names several; behaviour cloning always acts greedily (its METHODS entry)."""
+    if method == "bc" or not args.acting:
+        return [[]]
+    return [acting_overrides(way) for way in args.acting]
+
+
+def run_config(dataset: str, path: Path, method: str, seed: int, args, storage: str = "runs",
+               way: list[str] = ()) -> cfg.Config:
+    """The env's shipped config, pointed at the dataset, with the method's, the user's and
+    the way of acting's overrides."""
     env, _ = parse_name(dataset)
     overrides = [f"data.paths=[{path}]", f"train.seed={seed}", f"run.storage_path={storage}",
-                 f"run.name={dataset}-{method}-seed{seed}", *METHODS[method], *args.overrides]
+                 f"run.name={dataset}-{method}-seed{seed}", *METHODS[method], *args.overrides, *way]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
     return cfg.load(ROOT / "configs" / f"{env}.yaml", overrides)
@@ -117,21 +145,31 @@ def evaluate_run(checkpoint: str, config: cfg.Config, targets, episodes: int, se
     return evaluate_checkpoints([checkpoint], eval_config, progress=False).summary
 
 
-def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, args, storage: str) -> dict:
-    config = run_config(dataset, path, method, seed, args, storage)
+def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, ways: list[list[str]], args,
+             storage: str) -> list[dict]:
+    """Train once, then evaluate the checkpoint once per way of acting: a run (row) each."""
+    configs = [run_config(dataset, path, method, seed, args, storage, way) for way in ways]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # progress lines are not the point
+        checkpoint = best_checkpoint(fit(configs[0])).path
+    train_s = time.perf_counter() - start
+    return [evaluate_once(dataset, path, method, seed, episodes, checkpoint, config, train_s,
+                          os.path.join(storage, f"eval-{i}")) for i, config in enumerate(configs)]
+
+
+def evaluate_once(dataset: str, path: Path, method: str, seed: int, episodes: int, checkpoint: str,
+                  config: cfg.Config, train_s: float, out: str) -> dict:
     info, _, returns, _ = episode_returns(str(path))
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # progress lines and the eval table are not the point
-        checkpoint = best_checkpoint(fit(config)).path
-        trained = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the eval table is not the point
         # behaviour cloning ignores the target: one is enough
         targets = config.eval.targets if config.model.return_conditioned else [float(returns.max())]
-        summary = evaluate_run(checkpoint, config, targets, episodes, seed, os.path.join(storage, "eval"))
+        summary = evaluate_run(checkpoint, config, targets, episodes, seed, os.path.join(out, "targets"))
         auto_score = np.nan
         if method == "pi":  # the same model at the hand-set targets, for the comparison
-            auto = evaluate_run(checkpoint, config, "auto", episodes, seed, os.path.join(storage, "eval-auto"))
+            auto = evaluate_run(checkpoint, config, "auto", episodes, seed, os.path.join(out, "auto"))
             auto_score = float(best_targets(auto).iloc[0]["score_mean"])
-    evaluated = time.perf_counter()
+    eval_s = time.perf_counter() - start
     best = best_targets(summary).iloc[0]
     if method == "pi":
         conditions = summary["alpha"]
@@ -149,7 +187,7 @@ def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, ar
         "returns": json.dumps([round(float(r), 3) for r in summary["return_mean"]]),
         "data_mean_score": float(info.normalized_score(returns.mean())),
         "data_max_score": float(info.normalized_score(returns.max())),
-        "train_s": trained - start, "eval_s": evaluated - trained, "episodes": episodes,
+        "train_s": train_s, "eval_s": eval_s, "episodes": episodes,
         "date": date.today().isoformat(), "commit": _commit(),
     }
 
@@ -278,6 +316,9 @@ def parse_args(argv=None):
                         help="markdown file whose score-table markers receive the table")
     parser.add_argument("--report", action="store_true", help="only rebuild the report from the runs file")
     parser.add_argument("--quick", action="store_true", help="one tiny dataset, one seed, few steps")
+    parser.add_argument("--acting", nargs="+", default=None, metavar="WAY",
+                        help="evaluate each trained DT once per way: greedy, T<temperature>[p<top_p>] "
+                             "(e.g. greedy T1p0.9); default: the config's eval settings")
     parser.add_argument("--address", default="local")
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
     args = parser.parse_args(argv)
@@ -302,20 +343,24 @@ def main(argv=None) -> pd.DataFrame:
             path = ensure_dataset(dataset, data_dir, QUICK["episodes"] if args.quick else None)
             for seed in args.seeds:
                 for method in args.methods:
-                    config = run_config(dataset, path, method, seed, args)
-                    episodes = args.episodes or config.eval.episodes
-                    if run_key(dataset, method, seed, config.train.max_steps, config.model.policy, acting(config),
-                               episodes) in done:
+                    ways = ways_of_acting(method, args)
+                    configs = [run_config(dataset, path, method, seed, args, way=way) for way in ways]
+                    episodes = args.episodes or configs[0].eval.episodes
+                    ways = [way for way, config in zip(ways, configs) if run_key(
+                        dataset, method, seed, config.train.max_steps, config.model.policy, acting(config),
+                        episodes) not in done]
+                    if not ways:
                         continue
                     storage = tempfile.mkdtemp(prefix="dtray-quality-")
                     try:
-                        row = run_once(dataset, path, method, seed, episodes, args, storage)
+                        rows = run_once(dataset, path, method, seed, episodes, ways, args, storage)
                     finally:
                         shutil.rmtree(storage, ignore_errors=True)
-                    print(f"{dataset} {method} seed {seed}: score {row['best_score']:.1f} at target "
-                          f"{row['best_target']:.1f}, Spearman {row['spearman']:.2f}, "
-                          f"{row['train_s'] + row['eval_s']:.0f} s", flush=True)
-                    runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
+                    for row in rows:
+                        print(f"{dataset} {method} seed {seed} {row['acting']}: score {row['best_score']:.1f} at "
+                              f"target {row['best_target']:.1f}, Spearman {row['spearman']:.2f}, "
+                              f"{row['train_s']:.0f} s training, {row['eval_s']:.0f} s evaluation", flush=True)
+                    runs = pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)
                     write_csv(runs, runs_file)
     if len(runs):
         write_report(runs, args.out, args.doc)
