@@ -32,11 +32,28 @@ def test_spearman_ranks_with_ties_and_is_undefined_for_constant_sides(bench):
     assert np.isnan(bench.spearman(np.array([1.0]), np.array([2.0])))
 
 
+def test_ways_of_acting_become_eval_overrides_and_behaviour_cloning_stays_greedy(bench):
+    assert bench.acting_overrides("greedy") == ["eval.deterministic=true"]
+    assert bench.acting_overrides("T0.5") == ["eval.deterministic=false", "eval.temperature=0.5", "eval.top_p=1"]
+    assert bench.acting_overrides("T1p0.9") == ["eval.deterministic=false", "eval.temperature=1", "eval.top_p=0.9"]
+    with pytest.raises(SystemExit, match="--acting top-p: expected greedy"):
+        bench.acting_overrides("top-p")
+    args = bench.parse_args(["--acting", "greedy", "T1p0.9"])
+    assert bench.ways_of_acting("dt", args) == [["eval.deterministic=true"], bench.acting_overrides("T1p0.9")]
+    assert bench.ways_of_acting("bc", args) == [[]]  # its method's overrides act greedily
+    assert bench.ways_of_acting("dt", bench.parse_args([])) == [[]]  # the config's own way
+
+
 @pytest.mark.slow
-def test_quick_table_trains_evaluates_and_reports_each_method_once(bench, ray_local, tmp_path):
-    argv = ["--quick", "--out", str(tmp_path), "--methods", "dt", "bc", "pi"]
+def test_quick_table_trains_each_method_once_evaluates_each_way_of_acting_and_reports(bench, ray_local, tmp_path):
+    argv = ["model.policy=binned", "--quick", "--out", str(tmp_path), "--methods", "dt", "bc", "pi",
+            "--acting", "greedy", "T1p0.9"]
     runs = bench.main(argv)
-    assert sorted(runs["method"]) == ["bc", "dt", "pi"]
+    # one training per method, evaluated once per way of acting (behaviour cloning only greedily)
+    assert sorted(runs["method"] + " " + runs["acting"]) == [
+        "bc greedy", "dt greedy", "dt sampled T 1 top-p 0.9", "pi greedy", "pi sampled T 1 top-p 0.9"]
+    assert runs.groupby("method")["train_s"].nunique().eq(1).all()
+    runs = runs[runs["acting"] == "greedy"]
     assert (runs["dataset"] == "pendulum-medium-expert").all() and (runs["steps"] == bench.QUICK["steps"]).all()
     for column in ("best_score", "best_return", "data_mean_score", "data_max_score", "train_s", "eval_s"):
         assert np.isfinite(runs[column].astype(float)).all(), column
@@ -48,7 +65,7 @@ def test_quick_table_trains_evaluates_and_reports_each_method_once(bench, ray_lo
     assert np.isfinite(method.at["pi", "auto_score"]) and method.loc[["dt", "bc"], "auto_score"].isna().all()
 
     saved = pd.read_csv(tmp_path / "quality_runs.csv")
-    assert len(saved) == 3
+    assert len(saved) == 5
     report = (tmp_path / "results.md").read_text()
     assert "| pendulum-medium-expert |" in report and "Budget: 40 training steps" in report
     assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
