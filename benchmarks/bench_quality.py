@@ -266,20 +266,21 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     rows = rows.assign(label=rows["dataset"].where(variant.groupby(rows["dataset"]).transform("nunique") == 1,
                                                    rows["dataset"] + " (" + variant + ")"))
     datasets = list(dict.fromkeys(rows["label"]))
-    x = np.arange(len(datasets))
-    fig = Figure(figsize=(max(6.0, 0.55 * len(datasets) + 2), 4.5), layout="constrained")
+    y = np.arange(len(datasets))  # one horizontal bar group per row: readable however many rows
+    fig = Figure(figsize=(9.0, max(4.0, 0.3 * len(datasets) + 1.5)), layout="constrained")
     ax = fig.subplots()
     methods = list(dict.fromkeys(rows["method"]))
-    width = 0.8 / len(methods)
+    height = 0.8 / len(methods)
     for i, method in enumerate(methods):
         part = rows[rows["method"] == method].set_index("label").reindex(datasets)
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, part["score"], width, yerr=part["score_std"].fillna(0),
-               capsize=2, label=method.upper())
+        ax.barh(y + (i - (len(methods) - 1) / 2) * height, part["score"], height, xerr=part["score_std"].fillna(0),
+                capsize=2, label=method.upper())
     data = rows.drop_duplicates("label").set_index("label").reindex(datasets)
-    ax.scatter(x, data["data_mean"], marker="_", s=200, color="black", zorder=3, label="dataset mean")
-    ax.axhline(100, color="0.4", lw=0.8, ls="--")
-    ax.set_xticks(x, datasets, rotation=60, ha="right", fontsize="small")
-    ax.set(ylabel="score at best target (mean ± std)",
+    ax.scatter(data["data_mean"], y, marker="|", s=120, color="black", zorder=3, label="dataset mean")
+    ax.axvline(100, color="0.4", lw=0.8, ls="--")
+    ax.set_yticks(y, datasets, fontsize="small")
+    ax.invert_yaxis()
+    ax.set(xlabel="score at best target (mean ± std)",
            title=f"dtray score table ({steps:,} steps per run)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, format="png", dpi=100)
