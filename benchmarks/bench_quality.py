@@ -100,9 +100,7 @@ def acting_overrides(way: str) -> list[str]:
 def ways_of_acting(method: str, args) -> list[list[str]]:
     """Eval overrides per evaluation of one trained checkpoint: the config's own way unless
     ``--acting`` names several; behaviour cloning always acts greedily (its METHODS entry)."""
-    if method == "bc" or not args.acting:
-        return [[]]
-    return [acting_overrides(way) for way in args.acting]
+    return [[]] if method == "bc" else args.ways
 
 
 def run_config(dataset: str, path: Path, method: str, seed: int, args, storage: str = "runs",
@@ -149,17 +147,17 @@ def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, wa
              storage: str) -> list[dict]:
     """Train once, then evaluate the checkpoint once per way of acting: a run (row) each."""
     configs = [run_config(dataset, path, method, seed, args, storage, way) for way in ways]
+    info, _, returns, _ = episode_returns(str(path))
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines are not the point
         checkpoint = best_checkpoint(fit(configs[0])).path
     train_s = time.perf_counter() - start
-    return [evaluate_once(dataset, path, method, seed, episodes, checkpoint, config, train_s,
+    return [evaluate_once(dataset, method, seed, episodes, checkpoint, config, info, returns, train_s,
                           os.path.join(storage, f"eval-{i}")) for i, config in enumerate(configs)]
 
 
-def evaluate_once(dataset: str, path: Path, method: str, seed: int, episodes: int, checkpoint: str,
-                  config: cfg.Config, train_s: float, out: str) -> dict:
-    info, _, returns, _ = episode_returns(str(path))
+def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoint: str, config: cfg.Config,
+                  info, returns: np.ndarray, train_s: float, out: str) -> dict:
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the eval table is not the point
         # behaviour cloning ignores the target: one is enough
@@ -323,6 +321,7 @@ def parse_args(argv=None):
     parser.add_argument("--address", default="local")
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
     args = parser.parse_args(argv)
+    args.ways = [acting_overrides(way) for way in args.acting] if args.acting else [[]]  # bad input fails here
     if args.quick:
         args.datasets, args.seeds, args.steps, args.episodes = [QUICK["dataset"]], [0], QUICK["steps"], 2
         args.overrides = QUICK["overrides"] + args.overrides
