@@ -50,7 +50,6 @@ import dataclasses
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -65,13 +64,17 @@ from dtray import config as cfg
 from dtray.cli import connect
 from dtray.collect import TIERS, collect, list_datasets, parse_name
 from dtray.describe import episode_returns
-from dtray.evaluate import best_targets, evaluate_checkpoints
+from dtray.config import ActionSampling
+from dtray.errors import DtrayError
+from dtray.evaluate import best_targets, calibration, choose_acting, evaluate_checkpoints, rank_correlation
 from dtray.train import best_checkpoint, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"dt": [], "bc": ["model.return_conditioned=false", "eval.deterministic=true"],
            "pi": ["model.return_head=true", "eval.targets=path-integral"]}
 DEFAULT_METHODS = ["dt", "bc"]
+CHOSEN = "chosen of "  # the acting label of a row whose way was chosen on held-out seeds
+Way = tuple[ActionSampling, ...]  # () = the config's own way; several = choose among them
 RUN_KEYS = ["dataset", "method", "seed", "steps", "policy", "acting", "episodes"]  # policy: the action head
 TABLE_START, TABLE_END = "<!-- score-table:start -->", "<!-- score-table:end -->"
 QUICK = {"dataset": "pendulum-medium-expert", "episodes": 40, "steps": 40,
@@ -86,40 +89,40 @@ def ensure_dataset(name: str, data_dir: Path, episodes: int | None = None) -> Pa
     return path
 
 
-def acting_overrides(way: str) -> list[str]:
-    """The eval overrides of a way of acting: ``greedy``, or ``T<temperature>`` with an
-    optional ``p<top_p>`` (``T1p0.9``)."""
-    if way == "greedy":
-        return ["eval.deterministic=true"]
-    match = re.fullmatch(r"T(\d*\.?\d+)(?:p(\d*\.?\d+))?", way)
-    if match is None:
-        raise SystemExit(f"--acting {way}: expected greedy, T<temperature> or T<temperature>p<top_p> (e.g. T1p0.9)")
-    return ["eval.deterministic=false", f"eval.temperature={match[1]}", f"eval.top_p={match[2] or 1}"]
+def parse_ways(names: list[str]) -> tuple[ActionSampling, ...]:
+    try:
+        return tuple(ActionSampling.parse(name) for name in names)
+    except DtrayError as err:
+        raise SystemExit(f"bench_quality: {err}")
 
 
-def ways_of_acting(method: str, args) -> list[list[str]]:
-    """Eval overrides per evaluation of one trained checkpoint: the config's own way unless
-    ``--acting`` names several; behaviour cloning always acts greedily (its METHODS entry)."""
-    return [[]] if method == "bc" else args.ways
+def ways_of_acting(method: str, args) -> list[Way]:
+    """The ways each trained checkpoint of ``method`` is evaluated with: a way is the config's
+    own (``()``), one way of acting, or several to choose from on held-out seeds. Behaviour
+    cloning always acts greedily (its METHODS entry); the path integral has no targets to
+    choose a way on."""
+    if method == "bc":
+        return [()]
+    ways = [way for way in args.ways if method == "dt" or len(way) < 2]
+    return ways or [()]
+
+
+def sampling_overrides(sampling: ActionSampling) -> list[str]:
+    return [f"eval.deterministic={str(sampling.deterministic).lower()}", f"eval.temperature={sampling.temperature:g}",
+            f"eval.top_p={sampling.top_p:g}"]
 
 
 def run_config(dataset: str, path: Path, method: str, seed: int, args, storage: str = "runs",
-               way: list[str] = ()) -> cfg.Config:
+               way: Way = ()) -> cfg.Config:
     """The env's shipped config, pointed at the dataset, with the method's, the user's and
-    the way of acting's overrides."""
+    the way of acting's overrides (none when it chooses among several)."""
     env, _ = parse_name(dataset)
     overrides = [f"data.paths=[{path}]", f"train.seed={seed}", f"run.storage_path={storage}",
-                 f"run.name={dataset}-{method}-seed{seed}", *METHODS[method], *args.overrides, *way]
+                 f"run.name={dataset}-{method}-seed{seed}", *METHODS[method], *args.overrides,
+                 *(sampling_overrides(way[0]) if len(way) == 1 else [])]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
     return cfg.load(ROOT / "configs" / f"{env}.yaml", overrides)
-
-
-def spearman(targets: np.ndarray, achieved: np.ndarray) -> float:
-    """Rank correlation (average ranks for ties); NaN when either side is constant."""
-    if len(targets) < 2 or np.ptp(targets) == 0 or np.ptp(achieved) == 0:
-        return float("nan")
-    return float(pd.Series(targets).rank().corr(pd.Series(achieved).rank()))
 
 
 def run_key(dataset, method, seed, steps, policy, acting, episodes) -> tuple:
@@ -127,10 +130,13 @@ def run_key(dataset, method, seed, steps, policy, acting, episodes) -> tuple:
     return dataset, method, int(seed), int(steps), policy, acting, int(episodes)
 
 
-def acting(config: cfg.Config) -> str:
+def acting(config: cfg.Config, way: Way = ()) -> str:
     """How the policy picks its action when evaluated: ``greedy`` (its mean or most likely
-    action) or sampled, at a temperature and nucleus. It moves both the score and the
-    calibration, so runs that differ in it are rows of their own."""
+    action) or sampled, at a temperature and nucleus, or chosen among several ways on
+    held-out seeds. It moves both the score and the calibration, so runs that differ in it
+    are rows of their own."""
+    if len(way) > 1:
+        return CHOSEN + ", ".join(candidate.name for candidate in way)
     sampling = config.eval.sampling
     if sampling.deterministic:
         return "greedy"
@@ -143,7 +149,7 @@ def evaluate_run(checkpoint: str, config: cfg.Config, targets, episodes: int, se
     return evaluate_checkpoints([checkpoint], eval_config, progress=False).summary
 
 
-def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, ways: list[list[str]], args,
+def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, ways: list[Way], args,
              storage: str) -> list[dict]:
     """Train once, then evaluate the checkpoint once per way of acting: a run (row) each."""
     configs = [run_config(dataset, path, method, seed, args, storage, way) for way in ways]
@@ -152,14 +158,20 @@ def run_once(dataset: str, path: Path, method: str, seed: int, episodes: int, wa
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines are not the point
         checkpoint = best_checkpoint(fit(configs[0])).path
     train_s = time.perf_counter() - start
-    return [evaluate_once(dataset, method, seed, episodes, checkpoint, config, info, returns, train_s,
-                          os.path.join(storage, f"eval-{i}")) for i, config in enumerate(configs)]
+    return [evaluate_once(dataset, method, seed, episodes, checkpoint, config, way, info, returns, train_s,
+                          os.path.join(storage, f"eval-{i}")) for i, (config, way) in enumerate(zip(configs, ways))]
 
 
 def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoint: str, config: cfg.Config,
-                  info, returns: np.ndarray, train_s: float, out: str) -> dict:
+                  way: Way, info, returns: np.ndarray, train_s: float, out: str) -> dict:
     start = time.perf_counter()
+    label, chosen = acting(config, way), ""
     with contextlib.redirect_stdout(io.StringIO()):  # the eval table is not the point
+        if len(way) > 1:  # on this grid's targets and episodes, with its seed held out
+            grid = dataclasses.replace(config.eval, episodes=episodes, seeds=[seed], out=out)
+            sampling = choose_acting(checkpoint, list(way), grid, progress=False).sampling
+            config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, **dataclasses.asdict(sampling)))
+            chosen = sampling.name
         # behaviour cloning ignores the target: one is enough
         targets = config.eval.targets if config.model.return_conditioned else [float(returns.max())]
         summary = evaluate_run(checkpoint, config, targets, episodes, seed, os.path.join(out, "targets"))
@@ -171,13 +183,12 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
     best = best_targets(summary).iloc[0]
     if method == "pi":
         conditions = summary["alpha"]
-        rho = spearman(-summary["alpha"].to_numpy(), summary["return_mean"].to_numpy())
+        rho = rank_correlation(-summary["alpha"].to_numpy(), summary["return_mean"].to_numpy())
     else:
-        conditions, inside = summary["target"], summary[summary["target"] <= returns.max()]
-        rho = spearman(inside["target"].to_numpy(), inside["return_mean"].to_numpy())
+        conditions, rho = summary["target"], calibration(summary, returns.max())
     return {
         "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
-        "policy": config.model.policy, "acting": acting(config),
+        "policy": config.model.policy, "acting": label, "chosen": chosen,
         "best_score": float(best["score_mean"]), "best_target": float(best["alpha" if method == "pi" else "target"]),
         "best_return": float(best["return_mean"]),
         "spearman": rho, "auto_score": auto_score,
@@ -209,8 +220,9 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, acting, steps, episodes, method): mean and sample std over seeds."""
+    runs = runs.assign(chosen=runs.get("chosen", np.nan))  # runs files from before --choose-acting lack it
     grouped = runs.groupby(["dataset", "policy", "acting", "steps", "episodes", "method"], sort=False)
-    table = grouped.agg(seeds=("seed", "nunique"), score=("best_score", "mean"), score_std=("best_score", "std"),
+    table = grouped.agg(seeds=("seed", "nunique"), chosen=("chosen", lambda ways: "/".join(ways.dropna())), score=("best_score", "mean"), score_std=("best_score", "std"),
                         auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
@@ -246,6 +258,7 @@ def markdown(table: pd.DataFrame) -> str:
             ref = dt or bc or pi
             pi_cells = f" {_pm(pi, 'score')} | {_pm(pi, 'auto')} | {_pm(pi, 'spearman', 2)} |" if with_pi else ""
             seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
+            how = f"{how} (chose {dt.chosen})" if dt and dt.chosen else how
             lines.append(
                 f"| {dataset} | {policy} | {how} | {episodes:.0f} | {_pm(dt, 'score')} | {_pm(bc, 'score')} |"
                 f"{pi_cells} {_pm(dt, 'spearman', 2)} | "
@@ -315,13 +328,18 @@ def parse_args(argv=None):
                         help="markdown file whose score-table markers receive the table")
     parser.add_argument("--report", action="store_true", help="only rebuild the report from the runs file")
     parser.add_argument("--quick", action="store_true", help="one tiny dataset, one seed, few steps")
-    parser.add_argument("--acting", nargs="+", default=None, metavar="WAY",
+    parser.add_argument("--acting", nargs="+", default=[], metavar="WAY",
                         help="evaluate each trained DT once per way: greedy, T<temperature>[p<top_p>] "
                              "(e.g. greedy T1p0.9); default: the config's eval settings")
+    parser.add_argument("--choose-acting", nargs="+", default=[], metavar="WAY",
+                        help="one more row per DT: the way among these with the best return of those that "
+                             "follow the target, chosen on held-out seeds (dtray evaluate --choose-acting)")
     parser.add_argument("--address", default="local")
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
     args = parser.parse_args(argv)
-    args.ways = [acting_overrides(way) for way in args.acting] if args.acting else [[]]  # bad input fails here
+    args.ways = [(way,) for way in parse_ways(args.acting)]  # bad input fails here, before Ray starts
+    if args.choose_acting:
+        args.ways.append(parse_ways(args.choose_acting))
     if args.quick:
         args.datasets, args.seeds, args.steps, args.episodes = [QUICK["dataset"]], [0], QUICK["steps"], 2
         args.overrides = QUICK["overrides"] + args.overrides
@@ -347,7 +365,7 @@ def main(argv=None) -> pd.DataFrame:
                     configs = [run_config(dataset, path, method, seed, args, way=way) for way in ways]
                     episodes = args.episodes or configs[0].eval.episodes
                     ways = [way for way, config in zip(ways, configs) if run_key(
-                        dataset, method, seed, config.train.max_steps, config.model.policy, acting(config),
+                        dataset, method, seed, config.train.max_steps, config.model.policy, acting(config, way),
                         episodes) not in done]
                     if not ways:
                         continue
@@ -357,7 +375,7 @@ def main(argv=None) -> pd.DataFrame:
                     finally:
                         shutil.rmtree(storage, ignore_errors=True)
                     for row in rows:
-                        print(f"{dataset} {method} seed {seed} {row['acting']}: score {row['best_score']:.1f} at "
+                        print(f"{dataset} {method} seed {seed} {row['acting']} {row['chosen']}: score {row['best_score']:.1f} at "
                               f"target {row['best_target']:.1f}, Spearman {row['spearman']:.2f}, "
                               f"{row['train_s']:.0f} s training, {row['eval_s']:.0f} s evaluation", flush=True)
                     runs = pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)

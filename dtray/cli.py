@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,13 +138,18 @@ def evaluation_config(args) -> Config:
 
 
 def _cmd_evaluate(args) -> None:
-    from dtray.evaluate import evaluate_checkpoints
+    from dtray.evaluate import choose_acting, evaluate_checkpoints
     from dtray.policy import load_policy
 
     config = evaluation_config(args)
+    if args.choose_acting and len(args.checkpoint) > 1:
+        raise DtrayError(f"--choose-acting chooses for one checkpoint at a time, got {len(args.checkpoint)}")
     for path in args.checkpoint:  # a broken checkpoint fails here, before a cluster starts
         load_policy(path)
     connect(args.address, args.verbose)
+    if args.choose_acting:
+        chosen = choose_acting(args.checkpoint[0], args.choose_acting, config.eval).sampling
+        config.eval = replace(config.eval, **asdict(chosen))
     evaluate_checkpoints(args.checkpoint, config.eval)
 
 
@@ -167,6 +173,15 @@ def _numbers(text: str):
         return [float(x) for x in text.split(",") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or numbers separated by commas, got {text!r}")
+
+
+def _way(text: str):
+    from dtray.config import ActionSampling
+
+    try:
+        return ActionSampling.parse(text)
+    except DtrayError as err:
+        raise argparse.ArgumentTypeError(str(err))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=None)
     evaluate.add_argument("--num-actors", type=int, default=None)
     evaluate.add_argument("--out", default=None)
+    evaluate.add_argument("--choose-acting", nargs="+", type=_way, default=None, metavar="WAY",
+                          help="first choose how the policy acts, among greedy, T<temperature>[p<top_p>] "
+                               "(e.g. greedy T0.5 T1p0.9): the best return among the ways that follow the "
+                               "target, on held-out seeds (each seed + 1000)")
     sub.choices["demo"].add_argument("--dataset", default="pendulum-medium-expert",
                                      help="built-in dataset collected when data.paths[0] is missing")
     sub.choices["tune"].add_argument("--resume", action="store_true", help="continue a stopped search")

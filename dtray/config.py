@@ -8,6 +8,7 @@ default). Command lines override single keys with ``section.key=value``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,26 @@ class ActionSampling:
     deterministic: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
+
+    @classmethod
+    def parse(cls, name: str) -> ActionSampling:
+        """A way of acting from its short name: ``greedy``, ``T<temperature>`` (``T0.5``) or
+        ``T<temperature>p<top_p>`` (``T1p0.9``), as command lines give candidates."""
+        if name == "greedy":
+            return cls()
+        match = re.fullmatch(r"T(\d*\.?\d+)(?:p(\d*\.?\d+))?", name)
+        temperature, top_p = (float(match[1]), float(match[2] or 1)) if match else (0.0, 0.0)
+        if not (temperature > 0 and 0 < top_p <= 1):
+            raise DtrayError(f"way of acting {name!r}: expected greedy, T<temperature> or T<temperature>p<top_p> "
+                             "with temperature > 0 and top_p in (0, 1] (e.g. T1p0.9)")
+        return cls(False, temperature, top_p)
+
+    @property
+    def name(self) -> str:
+        """The short name :meth:`parse` reads."""
+        if self.deterministic:
+            return "greedy"
+        return f"T{self.temperature:g}" + (f"p{self.top_p:g}" if self.top_p < 1 else "")
 
 
 @dataclass

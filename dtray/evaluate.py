@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -46,6 +46,7 @@ from dtray.policy import Policy
 AUTO_QUANTILES = (0.1, 0.5, 0.9)
 BEYOND_MAX = 0.1  # the last auto target lies this fraction of the dataset's return range above its max
 AUTO_ALPHAS = (1.0, 0.3, 0.1, 0.03, 0.01)  # path-integral temperatures, as fractions of that range
+CALIBRATION_SEED_OFFSET = 1000  # choose_acting's episodes: seed s of the grid is seed s + this there
 MAX_DEATHS_PER_ACTOR = 3  # actor deaths tolerated per pool slot before the run gives up
 EPISODE_COLUMNS = ("policy", "env", "target", "alpha", "seed", "episode", "env_seed", "return", "score", "length",
                    "predicted_return")
@@ -604,6 +605,22 @@ def best_targets(summary: pd.DataFrame) -> pd.DataFrame:
     return rows[["policy", "env", "target", "alpha", "return_mean", "score_mean"]].reset_index(drop=True)
 
 
+def rank_correlation(x, y) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    x, y = pd.Series(np.asarray(x, dtype=float)), pd.Series(np.asarray(y, dtype=float))
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(x.rank().corr(y.rank()))
+
+
+def calibration(summary: pd.DataFrame, max_return: float) -> float:
+    """Spearman between the targets at or below the dataset's best return and the mean
+    returns achieved at them (one policy and env): does asking for more give more? NaN when
+    the achieved returns are all equal (e.g. every episode reached the env's cap)."""
+    inside = summary[summary["target"] <= max_return]
+    return rank_correlation(inside["target"], inside["return_mean"])
+
+
 # --- entry points -----------------------------------------------------------------------
 
 
@@ -699,3 +716,51 @@ def evaluate_checkpoints(checkpoints: list[str], config: EvalConfig, progress: b
     factories = {name: functools.partial(load_checkpoint_policy, str(path), config.amp, config.sampling)
                  for name, path in zip(checkpoint_names(checkpoints), checkpoints)}
     return evaluate_grid(factories, config, config.out or os.path.join(checkpoints[0], "eval"), progress=progress)
+
+
+def best_following(candidates: pd.DataFrame, min_spearman: float) -> Any:
+    """The index of the candidate (a row with ``return`` and ``spearman``) with the best return
+    among those that follow the target (Spearman >= ``min_spearman``), else the best return:
+    a way that ignores the target is taken only when no way follows it."""
+    follows = candidates["spearman"] >= min_spearman  # NaN (constant returns) does not follow
+    return candidates[follows]["return"].idxmax() if follows.any() else candidates["return"].idxmax()
+
+
+@dataclass
+class ActingChoice:
+    sampling: ActionSampling  # the way of acting chosen
+    candidates: pd.DataFrame  # one row per way: acting, its best target, return and score there, spearman, chosen
+
+
+def choose_acting(checkpoint: str, ways: list[ActionSampling], config: EvalConfig, min_spearman: float = 0.9,
+                  progress: bool = True) -> ActingChoice:
+    """The way of acting (greedy, or sampled at a temperature and top-p) to evaluate
+    ``checkpoint`` with on ``config``'s grid: its best return among the ways that follow the
+    target (calibration Spearman >= ``min_spearman``), else its best return. Each way is one
+    policy of a single grid with ``config``'s targets and episodes on **held-out seeds**
+    (each seed + CALIBRATION_SEED_OFFSET): chosen on the reported episodes themselves, the
+    choice would be fitted to their noise. Results in ``<config.out>/acting``.
+
+    Why choose: the calibrated way depends on the data, not only the env (on LunarLander,
+    sampling at T 1 follows the target on medium-expert and halves the score on medium-replay)."""
+    if config.targets == "path-integral" or len(config.envs) > 1:
+        raise DtrayError("choosing a way of acting needs set targets (eval.targets 'auto' or a list), "
+                         "not path-integral, on one env")
+    names = [way.name for way in ways]
+    if not ways or len(set(names)) < len(names):
+        raise DtrayError(f"ways of acting to choose from: need one or more, each once; got {names}")
+    out = os.path.join(config.out or os.path.join(checkpoint, "eval"), "acting")
+    held_out = replace(config, seeds=[seed + CALIBRATION_SEED_OFFSET for seed in config.seeds], out=out)
+    factories = {way.name: functools.partial(load_checkpoint_policy, checkpoint, config.amp, way) for way in ways}
+    summary = evaluate_grid(factories, held_out, out, progress=progress).summary
+    max_return = float(load_checkpoint_policy(checkpoint).return_stats["max"])
+    best = summary.loc[summary.groupby("policy")["return_mean"].idxmax()].set_index("policy")
+    rows = pd.DataFrame({"acting": names})  # the best return, as a score where the dataset has references
+    rows[["target", "return", "score"]] = best.loc[names, ["target", "return_mean", "score_mean"]].to_numpy()
+    rows["spearman"] = [calibration(summary[summary["policy"] == name], max_return) for name in names]
+    pick = best_following(rows, min_spearman)
+    rows["chosen"] = rows.index == pick
+    _write_atomic(Path(out) / "acting.csv", lambda path: rows.to_csv(path, index=False))
+    print(rows.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"chosen way of acting: {rows.at[pick, 'acting']}")
+    return ActingChoice(ways[pick], rows)

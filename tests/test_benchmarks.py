@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dtray.config import ActionSampling
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,35 +26,30 @@ def bench():
     return module
 
 
-def test_spearman_ranks_with_ties_and_is_undefined_for_constant_sides(bench):
-    assert bench.spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0])) == pytest.approx(0.5)
-    assert bench.spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 5.0, 6.0, 7.0])) == pytest.approx(
-        np.corrcoef([1, 2, 3, 4], [1.5, 1.5, 3, 4])[0, 1])
-    assert np.isnan(bench.spearman(np.array([1.0, 2.0]), np.array([500.0, 500.0])))
-    assert np.isnan(bench.spearman(np.array([1.0]), np.array([2.0])))
-
-
-def test_ways_of_acting_become_eval_overrides_and_behaviour_cloning_stays_greedy(bench):
-    assert bench.acting_overrides("greedy") == ["eval.deterministic=true"]
-    assert bench.acting_overrides("T0.5") == ["eval.deterministic=false", "eval.temperature=0.5", "eval.top_p=1"]
-    assert bench.acting_overrides("T1p0.9") == ["eval.deterministic=false", "eval.temperature=1", "eval.top_p=0.9"]
-    with pytest.raises(SystemExit, match="--acting top-p: expected greedy"):
-        bench.acting_overrides("top-p")
-    args = bench.parse_args(["--acting", "greedy", "T1p0.9"])
-    assert bench.ways_of_acting("dt", args) == [["eval.deterministic=true"], bench.acting_overrides("T1p0.9")]
-    assert bench.ways_of_acting("bc", args) == [[]]  # its method's overrides act greedily
-    assert bench.ways_of_acting("dt", bench.parse_args([])) == [[]]  # the config's own way
+def test_ways_of_acting_parse_before_ray_starts_and_behaviour_cloning_stays_greedy(bench):
+    greedy, sampled = ActionSampling(), ActionSampling(False, 1.0, 0.9)
+    assert bench.sampling_overrides(sampled) == ["eval.deterministic=false", "eval.temperature=1", "eval.top_p=0.9"]
+    with pytest.raises(SystemExit, match="way of acting 'top-p': expected greedy"):
+        bench.parse_args(["--acting", "top-p"])
+    args = bench.parse_args(["--acting", "greedy", "T1p0.9", "--choose-acting", "greedy", "T1p0.9"])
+    assert bench.ways_of_acting("dt", args) == [(greedy,), (sampled,), (greedy, sampled)]
+    assert bench.ways_of_acting("pi", args) == [(greedy,), (sampled,)]  # no targets to choose a way on
+    assert bench.ways_of_acting("bc", args) == [()]  # its method's overrides act greedily
+    assert bench.ways_of_acting("dt", bench.parse_args([])) == [()]  # the config's own way
+    assert bench.acting(None, (greedy, sampled)) == "chosen of greedy, T1p0.9"
 
 
 @pytest.mark.slow
 def test_quick_table_trains_each_method_once_evaluates_each_way_of_acting_and_reports(bench, ray_local, tmp_path):
     argv = ["model.policy=binned", "--quick", "--out", str(tmp_path), "--methods", "dt", "bc", "pi",
-            "--acting", "greedy", "T1p0.9"]
+            "--acting", "greedy", "--choose-acting", "greedy", "T1p0.9"]
     runs = bench.main(argv)
-    # one training per method, evaluated once per way of acting (behaviour cloning only greedily)
+    # one training per method, evaluated once per way of acting (behaviour cloning only greedily),
+    # and the DT once more, the way it chose on a held-out seed
     assert sorted(runs["method"] + " " + runs["acting"]) == [
-        "bc greedy", "dt greedy", "dt sampled T 1 top-p 0.9", "pi greedy", "pi sampled T 1 top-p 0.9"]
+        "bc greedy", "dt chosen of greedy, T1p0.9", "dt greedy", "pi greedy"]
     assert runs.groupby("method")["train_s"].nunique().eq(1).all()
+    assert runs.set_index("acting").at["chosen of greedy, T1p0.9", "chosen"] in ("greedy", "T1p0.9")
     runs = runs[runs["acting"] == "greedy"]
     assert (runs["dataset"] == "pendulum-medium-expert").all() and (runs["steps"] == bench.QUICK["steps"]).all()
     for column in ("best_score", "best_return", "data_mean_score", "data_max_score", "train_s", "eval_s"):
@@ -65,7 +62,7 @@ def test_quick_table_trains_each_method_once_evaluates_each_way_of_acting_and_re
     assert np.isfinite(method.at["pi", "auto_score"]) and method.loc[["dt", "bc"], "auto_score"].isna().all()
 
     saved = pd.read_csv(tmp_path / "quality_runs.csv")
-    assert len(saved) == 5
+    assert len(saved) == 4
     report = (tmp_path / "results.md").read_text()
     assert "| pendulum-medium-expert |" in report and "Budget: 40 training steps" in report
     assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,7 +82,11 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
          "episodes": episodes, "best_score": score,
          "spearman": 1.0, "data_mean_score": 50.0, "data_max_score": 90.0, "train_s": 10.0, "eval_s": 2.0}
         for policy, how, episodes, score in (("deterministic", "greedy", 10, 60.0), ("deterministic", "greedy", 50, 70.0),
-                                             ("binned", "greedy", 10, 95.0), ("binned", "sampled T 0.5", 10, 80.0))])
+                                             ("binned", "greedy", 10, 95.0), ("binned", "sampled T 0.5", 10, 80.0))] + [
+        {"dataset": "pendulum-medium", "policy": "binned", "acting": "chosen of greedy, T1", "chosen": way,
+         "method": "dt", "seed": seed, "steps": 100, "episodes": 10, "best_score": 90.0, "spearman": 1.0,
+         "data_mean_score": 50.0, "data_max_score": 90.0, "train_s": 10.0, "eval_s": 2.0}
+        for seed, way in enumerate(("T1", "greedy"))])
     # a row per action head, way of acting and number of evaluation episodes
     doc = tmp_path / "results.md"
     doc.write_text(f"# Results\nprose\n{bench.TABLE_START}\nold table\n{bench.TABLE_END}\nmore prose\n")
@@ -98,7 +99,8 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
             "| 2/2/2 | 12 |") in text
     for row in ("| pendulum-medium | deterministic | greedy | 10 | 60.0 | – |",
                 "| pendulum-medium | deterministic | greedy | 50 | 70.0 | – |",
-                "| pendulum-medium | binned | greedy | 10 | 95.0 | – |", "| pendulum-medium | binned | sampled T 0.5 | 10 | 80.0 | – |"):
+                "| pendulum-medium | binned | greedy | 10 | 95.0 | – |", "| pendulum-medium | binned | sampled T 0.5 | 10 | 80.0 | – |",
+                "| pendulum-medium | binned | chosen of greedy, T1 (chose T1/greedy) | 10 | 90.0 ± 0.0 | – |"):
         assert row in text
 
 

@@ -40,3 +40,16 @@ def test_bad_keys_and_values_name_the_field(override, message):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(DtrayError, match="no such config file"):
         cfg.load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name, sampling", [("greedy", cfg.ActionSampling()),
+                                            ("T0.5", cfg.ActionSampling(False, 0.5, 1.0)),
+                                            ("T1p0.9", cfg.ActionSampling(False, 1.0, 0.9))])
+def test_ways_of_acting_parse_from_their_short_names_and_back(name, sampling):
+    assert cfg.ActionSampling.parse(name) == sampling and sampling.name == name
+
+
+@pytest.mark.parametrize("name", ["T0", "T1p0", "T1p1.5", "top-p", ""])
+def test_a_bad_way_of_acting_is_a_clear_error(name):
+    with pytest.raises(DtrayError, match=f"way of acting '{name}': expected greedy"):
+        cfg.ActionSampling.parse(name)

@@ -18,7 +18,8 @@ import ray
 from dtray.config import EvalConfig
 from dtray.data import WindowSpec
 from dtray.errors import DtrayError
-from dtray.evaluate import auto_targets, episode_seed, evaluate_grid, evaluate_in_process
+from dtray.evaluate import (auto_targets, best_following, calibration, episode_seed, evaluate_grid, evaluate_in_process,
+                            rank_correlation)
 from dtray.format import DatasetInfo
 
 # Ray workers cannot import this file (tests/ is not on their path): ship the stubs by value.
@@ -144,6 +145,26 @@ def test_auto_targets_reach_beyond_the_max_also_for_negative_returns():
     assert auto_targets(PENDULUM_STATS) == [-1200.0, -700.0, -300.0, -200.0, -80.0]
     assert auto_targets({"min": 0.0, "max": 100.0}) == [100.0, 110.0]
     assert auto_targets({"min": -5.0, "max": -5.0, "quantiles": {}}) == [-5.0, -4.5]
+
+
+def test_rank_correlation_ranks_ties_and_is_undefined_for_constant_sides():
+    assert rank_correlation([1.0, 2.0, 3.0], [10.0, 30.0, 20.0]) == pytest.approx(0.5)
+    assert rank_correlation([1, 2, 3, 4], [5, 5, 6, 7]) == pytest.approx(np.corrcoef([1, 2, 3, 4], [1.5, 1.5, 3, 4])[0, 1])
+    assert np.isnan(rank_correlation([1.0, 2.0], [500.0, 500.0]))
+    assert np.isnan(rank_correlation([1.0], [2.0]))
+
+
+def test_calibration_counts_only_targets_inside_the_dataset_returns():
+    summary = pd.DataFrame({"target": [10.0, 20.0, 30.0, 40.0], "return_mean": [1.0, 2.0, 3.0, 0.0]})
+    assert calibration(summary, max_return=30.0) == pytest.approx(1.0)  # the target beyond the max is left out
+    assert calibration(summary, max_return=40.0) == pytest.approx(-0.2)
+
+
+def test_the_way_chosen_is_the_best_return_that_follows_the_target_else_the_best_return():
+    ways = pd.DataFrame({"return": [99.0, 95.0, 90.0, 97.0], "spearman": [0.2, 1.0, 1.0, np.nan]})
+    assert best_following(ways, 0.9) == 1  # greedy scores more but ignores the target
+    assert best_following(ways, 1.1) == 0  # nothing follows: the best score
+    assert best_following(ways.iloc[[0, 3]], 0.9) == 0  # constant returns (NaN) do not follow
 
 
 def test_files_summary_and_calibration_plot(grid):

@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -110,6 +111,31 @@ def test_in_training_evaluation_reports_return_and_score(full_run):
     assert np.isfinite(metrics["eval_return"])
     assert metrics["eval_return"] < 0  # Pendulum rewards are never positive
     assert "eval_score" in metrics
+
+
+def test_evaluate_chooses_a_way_of_acting_on_held_out_seeds_then_evaluates_with_it(full_run, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """``dtray evaluate --choose-acting``: every way runs on the grid's seeds + 1000, the
+    choice is written and printed, and the reported grid (its own seeds) acts the chosen way."""
+    from dtray import evaluate
+    from dtray.cli import main
+
+    used = []
+    evaluate_checkpoints = evaluate.evaluate_checkpoints
+    monkeypatch.setattr(evaluate, "evaluate_checkpoints",
+                        lambda paths, config: used.append(config.sampling) or evaluate_checkpoints(paths, config))
+    assert main(["evaluate", "--checkpoint", full_run.checkpoint.path, "--choose-acting", "greedy", "T1p0.9",
+                 "--targets=-900,-300", "--seeds", "3", "--episodes", "2", "--out", str(tmp_path),
+                 "eval.max_steps=20"]) == 0
+    ways = pd.read_csv(tmp_path / "acting" / "acting.csv")
+    assert list(ways["acting"]) == ["greedy", "T1p0.9"] and ways["chosen"].sum() == 1
+    tried = pd.read_csv(tmp_path / "acting" / "episodes.csv")
+    assert set(tried["seed"]) == {1003} and set(tried["policy"]) == {"greedy", "T1p0.9"}
+    reported = pd.read_csv(tmp_path / "episodes.csv")
+    assert set(reported["seed"]) == {3} and len(reported) == 4
+    chosen = ways.loc[ways["chosen"], "acting"].item()
+    assert f"chosen way of acting: {chosen}" in capsys.readouterr().out
+    assert [sampling.name for sampling in used] == [chosen]
 
 
 def _losses(result):
