@@ -17,6 +17,7 @@ CASES = {  # name: (policy, obs_shape, n_actions or act_dim)
     "binned": ("binned", (5,), 3),
     "discrete": ("discrete", (5,), 4),
     "image": ("discrete", (2, 10, 10), 4),
+    "mlp_states": ("deterministic", (5,), 3),  # model.state_encoder=mlp
     "return_head": ("stochastic", (5,), 3),  # the cases named return_head* order tokens (s, R̂, a)
     "return_head_discrete": ("discrete", (5,), 4),
 }
@@ -39,7 +40,7 @@ def make_model(case: str, dropout: float = 0.0, embed_dim: int = 32, n_layer: in
     bounds = {} if discrete else {"action_low": LOW, "action_high": HIGH}
     head = case.startswith("return_head")
     config = ModelConfig(embed_dim=embed_dim, n_layer=n_layer, n_head=2, dropout=dropout, policy=policy,
-                         return_head=head, return_bins=10)
+                         return_head=head, return_bins=10, state_encoder="mlp" if case == "mlp_states" else "linear")
     return DecisionTransformer(config, obs_shape, act_dim, discrete, context_len=K, max_ep_len=MAX_EP_LEN,
                                return_range=RETURN_RANGE if head else None, **bounds)
 
@@ -86,18 +87,19 @@ def fit(model: DecisionTransformer, batch: dict[str, torch.Tensor], steps: int, 
     return history
 
 
-@pytest.mark.parametrize("case", ["deterministic", "discrete", "image"])
+@pytest.mark.parametrize("case", ["deterministic", "discrete", "image", "mlp_states"])
 def test_overfits_fixed_windows(case):
     """A small model drives the loss on 8 fixed windows to ~0: MSE for continuous actions
     (predictions in env units hit the targets), 100% accuracy for discrete ones."""
     torch.manual_seed(0)
     model, batch = make_model(case), make_batch(case)
     history = fit(model, batch, steps=150)
+    continuous = CASES[case][0] == "deterministic"
     assert history[-1]["loss"] < 0.02 * history[0]["loss"]
-    assert history[-1]["action_error"] < (1e-3 if case == "deterministic" else 1e-9)
+    assert history[-1]["action_error"] < (1e-3 if continuous else 1e-9)
     model.eval()
     predicted = model.predict(batch)
-    if case == "deterministic":
+    if continuous:
         torch.testing.assert_close(predicted, batch["actions"][:, -1], atol=0.05, rtol=0)
     else:
         assert predicted.dtype == torch.int64 and torch.equal(predicted, batch["actions"][:, -1])
@@ -460,7 +462,8 @@ def test_policy_draws_returns_in_return_units():
     with torch.no_grad():
         probs = torch.softmax(model.return_logits(batch), dim=-1)
     drawn, expected = policy.choose_returns(windows, np.array([1e-4, 1e-4]))
-    np.testing.assert_allclose(expected, (probs.double() @ returns.double()).numpy(), rtol=1e-5)
+    # two float32 forward passes of the same windows: equal up to float32 rounding, which varies by CPU
+    np.testing.assert_allclose(expected, (probs.double() @ returns.double()).numpy(), rtol=1e-4)
     np.testing.assert_allclose(drawn, [returns[-1].item()] * 2)
     torch.manual_seed(1)
     many = {key: np.repeat(value[:1], 4000, axis=0) for key, value in windows.items()}
