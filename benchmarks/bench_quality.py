@@ -22,6 +22,10 @@ otherwise), then the actor-pool evaluation of the checkpoint ``dtray train`` pic
 (``greedy``, ``T0.8``: sampled at temperature 0.8, ``T1p0.9``: at temperature 1 within the
 top-p 0.9 nucleus): the checkpoint is chosen by validation loss, not by how it acts, so one
 training serves every way, a row each. Behaviour cloning always acts greedily.
+``--choose-acting`` adds one row per DT run whose way is chosen among those it names, on the
+same grid with the seed held out (``dtray evaluate --choose-acting``: the best return among the
+ways with Spearman >= 0.9, else the best return), then scored on the run's own seed: a way of
+acting picked on the very episodes it is scored on would be fitted to their noise.
 
 Each finished run is appended to ``<out>/quality_runs.csv`` (a rerun skips the runs it holds,
 so a long table can be stopped and continued), and the report is rebuilt from that file: a
@@ -40,6 +44,7 @@ normalised return.
     python benchmarks/bench_quality.py --quick --out /tmp/q  # one tiny dataset, one seed (the test suite)
     python benchmarks/bench_quality.py model.policy=binned --datasets lunarlander-medium-replay  # overrides first
     python benchmarks/bench_quality.py model.policy=binned --acting greedy T0.5p0.9 T1p0.9 --datasets reacher-medium
+    python benchmarks/bench_quality.py --choose-acting greedy T0.5 T0.5p0.9 T1p0.9 T1 --datasets lunarlander-medium-replay
 """
 
 from __future__ import annotations

@@ -95,9 +95,6 @@ class ModelConfig:
     n_layer: int = 3
     n_head: int = 1
     dropout: float = 0.1
-    # vector states: "linear" (the original DT's embedding) or "mlp" (Linear-GELU-Linear); images
-    # always go through the conv encoder
-    state_encoder: Literal["linear", "mlp"] = "linear"
     policy: PolicyKind = "deterministic"  # forced to "discrete" for Discrete actions
     # "binned": each action dimension a categorical over action_bins equal bins of [low, high],
     # acting with the most likely bin: the mode of noisy behaviour, where MSE learns its mean.

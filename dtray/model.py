@@ -207,12 +207,7 @@ class DecisionTransformer(nn.Module):
         d = config.embed_dim
 
         self.embed_return = nn.Linear(1, d)
-        if len(obs_shape) == 3:
-            self.embed_state = ImageEncoder(obs_shape, d)
-        elif config.state_encoder == "mlp":
-            self.embed_state = nn.Sequential(nn.Linear(obs_shape[0], d), nn.GELU(), nn.Linear(d, d))
-        else:
-            self.embed_state = nn.Linear(obs_shape[0], d)
+        self.embed_state = nn.Linear(obs_shape[0], d) if len(obs_shape) == 1 else ImageEncoder(obs_shape, d)
         self.embed_action = nn.Embedding(act_dim, d) if discrete else nn.Linear(act_dim, d)
         self.embed_timestep = nn.Embedding(max_ep_len, d)
         self.embed_ln = nn.LayerNorm(d)

@@ -17,7 +17,6 @@ CASES = {  # name: (policy, obs_shape, n_actions or act_dim)
     "binned": ("binned", (5,), 3),
     "discrete": ("discrete", (5,), 4),
     "image": ("discrete", (2, 10, 10), 4),
-    "mlp_states": ("deterministic", (5,), 3),  # model.state_encoder=mlp
     "return_head": ("stochastic", (5,), 3),  # the cases named return_head* order tokens (s, R̂, a)
     "return_head_discrete": ("discrete", (5,), 4),
 }
@@ -40,7 +39,7 @@ def make_model(case: str, dropout: float = 0.0, embed_dim: int = 32, n_layer: in
     bounds = {} if discrete else {"action_low": LOW, "action_high": HIGH}
     head = case.startswith("return_head")
     config = ModelConfig(embed_dim=embed_dim, n_layer=n_layer, n_head=2, dropout=dropout, policy=policy,
-                         return_head=head, return_bins=10, state_encoder="mlp" if case == "mlp_states" else "linear")
+                         return_head=head, return_bins=10)
     return DecisionTransformer(config, obs_shape, act_dim, discrete, context_len=K, max_ep_len=MAX_EP_LEN,
                                return_range=RETURN_RANGE if head else None, **bounds)
 
@@ -87,7 +86,7 @@ def fit(model: DecisionTransformer, batch: dict[str, torch.Tensor], steps: int, 
     return history
 
 
-@pytest.mark.parametrize("case", ["deterministic", "discrete", "image", "mlp_states"])
+@pytest.mark.parametrize("case", ["deterministic", "discrete", "image"])
 def test_overfits_fixed_windows(case):
     """A small model drives the loss on 8 fixed windows to ~0: MSE for continuous actions
     (predictions in env units hit the targets), 100% accuracy for discrete ones."""
