@@ -112,22 +112,17 @@ def ways_of_acting(method: str, args) -> list[Way]:
     return ways or [()]
 
 
-def sampling_overrides(sampling: ActionSampling) -> list[str]:
-    return [f"eval.deterministic={str(sampling.deterministic).lower()}", f"eval.temperature={sampling.temperature:g}",
-            f"eval.top_p={sampling.top_p:g}"]
-
-
 def run_config(dataset: str, path: Path, method: str, seed: int, args, storage: str = "runs",
                way: Way = ()) -> cfg.Config:
     """The env's shipped config, pointed at the dataset, with the method's, the user's and
-    the way of acting's overrides (none when it chooses among several)."""
+    the way of acting (none when it chooses among several)."""
     env, _ = parse_name(dataset)
     overrides = [f"data.paths=[{path}]", f"train.seed={seed}", f"run.storage_path={storage}",
-                 f"run.name={dataset}-{method}-seed{seed}", *METHODS[method], *args.overrides,
-                 *(sampling_overrides(way[0]) if len(way) == 1 else [])]
+                 f"run.name={dataset}-{method}-seed{seed}", *METHODS[method], *args.overrides]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
-    return cfg.load(ROOT / "configs" / f"{env}.yaml", overrides)
+    config = cfg.load(ROOT / "configs" / f"{env}.yaml", overrides)
+    return dataclasses.replace(config, eval=config.eval.with_sampling(way[0])) if len(way) == 1 else config
 
 
 def run_key(dataset, method, seed, steps, policy, acting, episodes) -> tuple:
@@ -175,7 +170,7 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
         if len(way) > 1:  # on this grid's targets and episodes, with its seed held out
             grid = dataclasses.replace(config.eval, episodes=episodes, seeds=[seed], out=out)
             sampling = choose_acting(checkpoint, list(way), grid, progress=False).sampling
-            config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, **dataclasses.asdict(sampling)))
+            config = dataclasses.replace(config, eval=config.eval.with_sampling(sampling))
             chosen = sampling.name
         # behaviour cloning ignores the target: one is enough
         targets = config.eval.targets if config.model.return_conditioned else [float(returns.max())]
@@ -225,9 +220,9 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, acting, steps, episodes, method): mean and sample std over seeds."""
-    runs = runs.assign(chosen=runs.get("chosen", np.nan))  # runs files from before --choose-acting lack it
     grouped = runs.groupby(["dataset", "policy", "acting", "steps", "episodes", "method"], sort=False)
-    table = grouped.agg(seeds=("seed", "nunique"), chosen=("chosen", lambda ways: "/".join(ways.dropna())), score=("best_score", "mean"), score_std=("best_score", "std"),
+    table = grouped.agg(seeds=("seed", "nunique"), chosen=("chosen", lambda ways: "/".join(ways.dropna())),
+                        score=("best_score", "mean"), score_std=("best_score", "std"),
                         auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -148,8 +147,8 @@ def _cmd_evaluate(args) -> None:
         load_policy(path)
     connect(args.address, args.verbose)
     if args.choose_acting:
-        chosen = choose_acting(args.checkpoint[0], args.choose_acting, config.eval).sampling
-        config.eval = replace(config.eval, **asdict(chosen))
+        config.eval = config.eval.with_sampling(choose_acting(args.checkpoint[0], args.choose_acting,
+                                                              config.eval).sampling)
     evaluate_checkpoints(args.checkpoint, config.eval)
 
 

@@ -184,6 +184,10 @@ class EvalConfig:
     def sampling(self) -> ActionSampling:
         return ActionSampling(self.deterministic, self.temperature, self.top_p)
 
+    def with_sampling(self, sampling: ActionSampling) -> EvalConfig:
+        """This grid, acting the way ``sampling`` says."""
+        return dataclasses.replace(self, **dataclasses.asdict(sampling))
+
 
 @dataclass
 class Config:

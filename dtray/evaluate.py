@@ -38,6 +38,7 @@ import pandas as pd
 import ray
 from ray.exceptions import RayActorError
 
+from dtray.checkpoint import read_meta
 from dtray.config import ActionSampling, EvalConfig
 from dtray.data import LiveContexts
 from dtray.errors import DtrayError
@@ -753,7 +754,7 @@ def choose_acting(checkpoint: str, ways: list[ActionSampling], config: EvalConfi
     held_out = replace(config, seeds=[seed + CALIBRATION_SEED_OFFSET for seed in config.seeds], out=out)
     factories = {way.name: functools.partial(load_checkpoint_policy, checkpoint, config.amp, way) for way in ways}
     summary = evaluate_grid(factories, held_out, out, progress=progress).summary
-    max_return = float(load_checkpoint_policy(checkpoint).return_stats["max"])
+    max_return = read_meta(checkpoint)[3].return_max
     best = summary.loc[summary.groupby("policy")["return_mean"].idxmax()].set_index("policy")
     rows = pd.DataFrame({"acting": names})  # the best return, as a score where the dataset has references
     rows[["target", "return", "score"]] = best.loc[names, ["target", "return_mean", "score_mean"]].to_numpy()

@@ -28,7 +28,8 @@ def bench():
 
 def test_ways_of_acting_parse_before_ray_starts_and_behaviour_cloning_stays_greedy(bench):
     greedy, sampled = ActionSampling(), ActionSampling(False, 1.0, 0.9)
-    assert bench.sampling_overrides(sampled) == ["eval.deterministic=false", "eval.temperature=1", "eval.top_p=0.9"]
+    config = bench.run_config("pendulum-medium", Path("d"), "dt", 0, bench.parse_args([]), way=(sampled,))
+    assert config.eval.sampling == sampled
     with pytest.raises(SystemExit, match="way of acting 'top-p': expected greedy"):
         bench.parse_args(["--acting", "top-p"])
     args = bench.parse_args(["--acting", "greedy", "T1p0.9", "--choose-acting", "greedy", "T1p0.9"])
