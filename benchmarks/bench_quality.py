@@ -315,7 +315,8 @@ def write_report(runs: pd.DataFrame, out: Path, doc: Path | None) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=None, help="default: every built-in dataset")
+    parser.add_argument("--datasets", nargs="+", default=None, choices=list_datasets(), metavar="DATASET",
+                        help="built-in datasets (e.g. lunarlander-medium-replay); default: every one")
     parser.add_argument("--tiers", nargs="+", default=list(TIERS), choices=TIERS)
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

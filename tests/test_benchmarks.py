@@ -40,6 +40,13 @@ def test_ways_of_acting_parse_before_ray_starts_and_behaviour_cloning_stays_gree
     assert bench.acting(None, (greedy, sampled)) == "chosen of greedy, T1p0.9"
 
 
+def test_an_unknown_dataset_name_is_a_usage_error_before_ray_starts(bench, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--datasets", "lunarlander"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'lunarlander'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_quick_table_trains_each_method_once_evaluates_each_way_of_acting_and_reports(bench, ray_local, tmp_path):
     argv = ["model.policy=binned", "--quick", "--out", str(tmp_path), "--methods", "dt", "bc", "pi",
