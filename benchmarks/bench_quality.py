@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from dtray import config as cfg
+from dtray.checkpoint import read_meta
 from dtray.cli import connect
 from dtray.collect import TIERS, collect, list_datasets, parse_name
 from dtray.describe import episode_returns
@@ -185,7 +186,9 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
         conditions = summary["alpha"]
         rho = rank_correlation(-summary["alpha"].to_numpy(), summary["return_mean"].to_numpy())
     else:
-        conditions, rho = summary["target"], calibration(summary, returns.max())
+        # the max the auto targets were made from: the same episodes summed another way can
+        # differ in the last bit and drop the max target from the calibration
+        conditions, rho = summary["target"], calibration(summary, read_meta(checkpoint)[3].return_max)
     return {
         "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
         "policy": config.model.policy, "acting": label, "chosen": chosen,

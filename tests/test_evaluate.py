@@ -160,6 +160,15 @@ def test_calibration_counts_only_targets_inside_the_dataset_returns():
     assert calibration(summary, max_return=40.0) == pytest.approx(-0.2)
 
 
+def test_calibration_needs_the_max_the_auto_targets_were_made_from():
+    stats = {"min": -34.4, "max": 164.6017, "quantiles": {"0.1": -34.3, "0.5": 3.0, "0.9": 46.8}}
+    targets = auto_targets(stats)  # the 3 quantiles, the max, one beyond
+    summary = pd.DataFrame({"target": targets, "return_mean": [2.0, 3.0, 4.0, 1.0, 0.0]})
+    assert calibration(summary, stats["max"]) == pytest.approx(-0.2)  # the max target counts: it falls there
+    # the same episodes' max summed another way, one bit lower, silently drops it (the table's old fault)
+    assert calibration(summary, np.nextafter(stats["max"], -np.inf)) == pytest.approx(1.0)
+
+
 def test_the_way_chosen_is_the_best_return_that_follows_the_target_else_the_best_return():
     ways = pd.DataFrame({"return": [99.0, 95.0, 90.0, 97.0], "spearman": [0.2, 1.0, 1.0, np.nan]})
     assert best_following(ways, 0.9) == 1  # greedy scores more but ignores the target
