@@ -42,7 +42,8 @@ def return_range(config: Config, stats: NormStats) -> tuple[float, float]:
 
 def build_model(config: Config, info: DatasetInfo, stats: NormStats | None = None) -> DecisionTransformer:
     """The model for a dataset: shapes and action bounds come from its spaces, the return
-    head's bins (``model.return_head``) from its statistics."""
+    head's bins (``model.return_head``) and the mean frame of image observations from its
+    statistics."""
     model_config = config.model
     if info.discrete and model_config.policy != "discrete":
         model_config = type(model_config)(**{**model_config.__dict__, "policy": "discrete"})
@@ -61,6 +62,7 @@ def build_model(config: Config, info: DatasetInfo, stats: NormStats | None = Non
         context_len=config.data.context_len,
         max_ep_len=config.data.max_ep_len,
         return_range=return_range(config, stats) if model_config.return_head else None,
+        frame_mean=stats.frame_mean if stats is not None else None,
         **bounds,
     )
 

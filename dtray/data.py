@@ -249,6 +249,9 @@ class NormStats:
     return_quantiles: dict[str, float]  # "0.1" .. "0.9"
     log_z: float  # log Z(temperature) for boltzmann sampling
     top_threshold: float  # lowest return kept by top_percent sampling
+    # image observations: the mean training frame, flat (C*H*W,) in pixel units, which the
+    # image encoder subtracts (None for vectors, and in checkpoints written before it existed)
+    frame_mean: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,7 +259,7 @@ class NormStats:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NormStats:
         data = dict(data)
-        for key in ("state_mean", "state_std"):
+        for key in ("state_mean", "state_std", "frame_mean"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -270,7 +273,7 @@ def _summarise_episodes(batch: pa.Table, info: DatasetInfo, config: DataConfig, 
     traceback, but returned as the batch's only row, in the ``error`` column, for
     :func:`compute_stats` to raise as one line naming the file, episode and field."""
     paths = batch.column(PATH_COLUMN).to_numpy(zero_copy_only=False)
-    width = info.obs_shape[0] if len(info.obs_shape) == 1 else 0  # no state statistics for images
+    width = int(np.prod(info.obs_shape))
     try:
         for path in np.unique(paths):
             check_episodes(str(path), batch.filter(pa.array(paths == path)), info)
@@ -280,7 +283,7 @@ def _summarise_episodes(batch: pa.Table, info: DatasetInfo, config: DataConfig, 
                 "state_sumsq": np.zeros((1, width)), "error": np.array([str(err)])}
     episodes = list(rows_to_episodes(batch, info))
     ids = np.array([e.episode_id for e in episodes], dtype=np.int64)
-    observations = [e.observations.reshape(e.length, -1)[:, :width].astype(np.float64) for e in episodes]
+    observations = [e.observations.reshape(e.length, width).astype(np.float64) for e in episodes]
     return {
         "episode_id": ids,
         "path": paths,
@@ -349,15 +352,18 @@ def compute_stats(config: DataConfig, info: DatasetInfo, seed: int) -> NormStats
         raise DtrayError(f"{config.paths}: no training episodes left after val_fraction={config.val_fraction}")
     returns, lengths = summary["ret"][train], summary["length"][train]
     steps = lengths.sum()
-    state_mean = state_std = None
+    mean = summary["state_sum"][train].sum(0) / steps
+    state_mean = state_std = frame_mean = None
     if len(info.obs_shape) == 1:
-        mean = summary["state_sum"][train].sum(0) / steps
         var = summary["state_sumsq"][train].sum(0) / steps - np.square(mean)
         state_mean = tuple(mean.tolist())
         state_std = tuple((np.sqrt(np.maximum(var, 0.0)) + 1e-6).tolist())
+    else:
+        frame_mean = tuple(mean.tolist())
     return NormStats(
         state_mean=state_mean,
         state_std=state_std,
+        frame_mean=frame_mean,
         train_episodes=int(train.sum()),
         train_steps=int(steps),
         val_episodes=int((~train).sum()),

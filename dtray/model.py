@@ -80,15 +80,22 @@ class ImageEncoder(nn.Module):
     """Nature-DQN conv stack for uint8 frames (C, H, W). Frames under 36 px, too small for
     its 8x8/4 first layer, get padded 3x3 convs instead, so any frame size works; frames of
     at most 12 px are grids of cells (MiniGrid's), where any stride would merge the cells
-    that hold the agent and its heading, so their convs keep every cell."""
+    that hold the agent and its heading, so their convs keep every cell.
+
+    ``frame_mean`` (the dataset's mean frame, pixel units) is subtracted first, so that what
+    never changes, such as a white page behind a thin pendulum, reads as zero and the convs
+    see what moves. Without it the white background drowned the rod: pixel Pendulum
+    medium-expert trained 2,000 steps scored ~20 normalised instead of ~97."""
 
     NATURE = ((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0))  # (channels, kernel, stride, padding)
     SMALL = ((32, 3, 2, 1), (64, 3, 2, 1), (64, 3, 1, 1))
     CELLS = ((32, 3, 1, 1), (64, 3, 1, 1), (64, 3, 1, 1))
 
-    def __init__(self, obs_shape: tuple[int, int, int], embed_dim: int):
+    def __init__(self, obs_shape: tuple[int, int, int], embed_dim: int, frame_mean=None):
         super().__init__()
         channels, height, width = obs_shape
+        mean = torch.zeros(obs_shape) if frame_mean is None else torch.as_tensor(frame_mean).reshape(obs_shape)
+        self.register_buffer("frame_mean", mean.float() / 255.0, persistent=False)
         stack = self.NATURE if min(height, width) >= 36 else self.CELLS if max(height, width) <= 12 else self.SMALL
         layers = []
         for out_channels, kernel, stride, padding in stack:
@@ -102,7 +109,7 @@ class ImageEncoder(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(..., C, H, W) uint8 -> (..., embed_dim)."""
         lead = frames.shape[:-3]
-        x = self.convs(frames.reshape(-1, *frames.shape[-3:]).float() / 255.0)
+        x = self.convs(frames.reshape(-1, *frames.shape[-3:]).float() / 255.0 - self.frame_mean)
         return self.proj(x).reshape(*lead, -1)
 
 
@@ -191,11 +198,12 @@ class DecisionTransformer(nn.Module):
     Continuous actions live in [-1, 1] inside the model: inputs are normalised with the
     action bounds, and tanh outputs are mapped back to [low, high] by :meth:`to_env`.
     ``return_range`` (low, high), in model units (returns / rtg_scale), places the return bins.
+    ``frame_mean``: for image observations, the dataset's mean frame (see :class:`ImageEncoder`).
     """
 
     def __init__(self, config: ModelConfig, obs_shape: tuple[int, ...], act_dim: int, discrete: bool,
                  context_len: int, max_ep_len: int, action_low=None, action_high=None,
-                 return_range: tuple[float, float] | None = None):
+                 return_range: tuple[float, float] | None = None, frame_mean=None):
         super().__init__()
         if discrete != (config.policy == "discrete"):
             raise ValueError(f"policy={config.policy!r} does not fit {'discrete' if discrete else 'continuous'} actions")
@@ -207,7 +215,7 @@ class DecisionTransformer(nn.Module):
         d = config.embed_dim
 
         self.embed_return = nn.Linear(1, d)
-        self.embed_state = nn.Linear(obs_shape[0], d) if len(obs_shape) == 1 else ImageEncoder(obs_shape, d)
+        self.embed_state = nn.Linear(obs_shape[0], d) if len(obs_shape) == 1 else ImageEncoder(obs_shape, d, frame_mean)
         self.embed_action = nn.Embedding(act_dim, d) if discrete else nn.Linear(act_dim, d)
         self.embed_timestep = nn.Embedding(max_ep_len, d)
         self.embed_ln = nn.LayerNorm(d)

@@ -9,7 +9,7 @@ import torch
 from dtray import checkpoint
 from dtray.collect import ENVS, collect, episode_start, parse_name
 from dtray.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
-from dtray.data import build_training_data
+from dtray.data import NormStats, build_training_data
 from dtray.evaluate import evaluate_in_process
 from dtray.format import read_episodes, read_info
 from dtray.policy import DTPolicy, load_policy
@@ -39,12 +39,18 @@ def test_stored_frames_are_the_frames_the_env_shows_when_replayed(name, ray_loca
         np.testing.assert_array_equal(live[-1], episode.final_observation)
 
 
-def test_frames_stay_uint8_in_the_windows(ray_local, tmp_path):
+def test_frames_stay_uint8_in_the_windows_and_the_stats_keep_the_mean_frame(ray_local, tmp_path):
     collect("pixelpendulum-expert", tmp_path / "ds", episodes=2)
     data = build_training_data(DataConfig(paths=[str(tmp_path / "ds")], context_len=3, val_fraction=0.0), seed=0)
     windows = data.train.take_batch(8, batch_format="numpy")
     assert windows["states"].dtype == np.uint8 and windows["states"].shape == (8, 3, 3, 40, 40)
     assert data.spec.state_mean is None  # frames are scaled by the encoder, not normalised
+    frames = np.concatenate([e.observations for e in read_episodes(str(tmp_path / "ds"))]).astype(np.float64)
+    np.testing.assert_allclose(data.stats.frame_mean, frames.mean(0).ravel(), rtol=1e-9)
+    encoder = checkpoint.build_model(Config(data=DataConfig(context_len=3)), data.info, data.stats).embed_state
+    np.testing.assert_allclose(encoder.frame_mean.numpy(), frames.mean(0) / 255.0, rtol=1e-6)
+    written_before = {key: value for key, value in data.stats.to_dict().items() if key != "frame_mean"}
+    assert NormStats.from_dict(written_before).frame_mean is None  # an older checkpoint still loads
 
 
 @pytest.mark.slow
@@ -59,7 +65,8 @@ def test_a_short_run_on_grid_images_beats_the_untrained_policy(ray_local, tmp_pa
     )
     trained = load_policy(fit(config).checkpoint.path)
     torch.manual_seed(config.train.seed)  # the weights training started from
-    untrained = DTPolicy(checkpoint.build_model(config, trained.info).eval(), trained.info, trained.spec, trained.stats)
+    untrained = DTPolicy(checkpoint.build_model(config, trained.info, trained.stats).eval(), trained.info, trained.spec,
+                         trained.stats)
     targets = [float(trained.stats.return_max)]
     score = evaluate_in_process(trained, targets, episodes=10, seed=0)["return"]
     baseline = evaluate_in_process(untrained, targets, episodes=10, seed=0)["return"]

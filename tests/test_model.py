@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dtray.config import ActionSampling, ModelConfig
-from dtray.model import DecisionTransformer, Gaussian, _choose, tilted_log_probs
+from dtray.model import DecisionTransformer, Gaussian, ImageEncoder, _choose, tilted_log_probs
 
 K, MAX_EP_LEN = 4, 50
 LOW, HIGH = [-2.0, -1.0, 0.0], [2.0, 1.0, 5.0]  # deliberately not [-1, 1]
@@ -307,6 +307,18 @@ def test_auto_amp_uses_bf16_only_where_it_pays(monkeypatch):
         assert torch.is_autocast_enabled("cpu")
     with model_module.autocast("off", "cpu"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_image_encoder_sees_frames_less_the_mean_frame():
+    """What every frame shares, the dataset's mean frame, reaches the convs as zeros; the mean
+    is rebuilt from the checkpoint's statistics, not stored with the weights."""
+    shape = CASES["image"][1]
+    mean_frame = torch.randint(0, 256, shape, dtype=torch.uint8)
+    with_mean = ImageEncoder(shape, 8, frame_mean=mean_frame.flatten().tolist())
+    plain = ImageEncoder(shape, 8)
+    plain.load_state_dict(with_mean.state_dict())
+    torch.testing.assert_close(with_mean(mean_frame[None]), plain(torch.zeros(1, *shape, dtype=torch.uint8)))
+    assert "frame_mean" not in with_mean.state_dict()
 
 
 def test_bad_arguments_are_value_errors():
