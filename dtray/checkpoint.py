@@ -30,7 +30,9 @@ from dtray.model import DecisionTransformer
 WEIGHTS = "model.safetensors"
 META = "dtray.json"
 TRAIN_STATE = "train_state.pt"
-FORMAT_VERSION = 1  # of dtray.json and the files beside it; checkpoints without one are version 1
+# of dtray.json and the files beside it; checkpoints without one are version 1. Version 2: a
+# return head's R̂_t token embeds s_t too; version 1 is still read for models without one.
+FORMAT_VERSION = 2
 
 
 def return_range(config: Config, stats: NormStats) -> tuple[float, float]:
@@ -95,18 +97,19 @@ def read_meta(directory: str | Path) -> tuple[Config, WindowSpec, DatasetInfo, N
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DtrayError(f"{path}: corrupt checkpoint metadata: {err}") from None
     version = meta.get("format_version", 1) if isinstance(meta, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise DtrayError(f"{path}: checkpoint format {version!r} was written by an incompatible dtray version "
                          f"(this one reads format {FORMAT_VERSION})")
     try:
-        return (
-            from_dict(meta["config"], str(path)),
-            WindowSpec.from_dict(meta["spec"]),
-            DatasetInfo.from_json(json.dumps(meta["info"])),
-            NormStats.from_dict(meta["stats"]),
-        )
+        config = from_dict(meta["config"], str(path))
+        spec, info = WindowSpec.from_dict(meta["spec"]), DatasetInfo.from_json(json.dumps(meta["info"]))
+        stats = NormStats.from_dict(meta["stats"])
     except (KeyError, TypeError, ValueError) as err:
         raise DtrayError(f"{path}: corrupt checkpoint metadata: {type(err).__name__}: {err}") from None
+    if version == 1 and config.model.return_head:
+        raise DtrayError(f"{path}: a return-head model of checkpoint format 1, whose R̂ token did not embed the "
+                         "state; this dtray's model of the same weights would act differently: retrain it")
+    return config, spec, info, stats
 
 
 def load_weights(directory: str | Path, model: torch.nn.Module) -> None:

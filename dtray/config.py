@@ -101,7 +101,8 @@ class ModelConfig:
     action_bins: int = 64
     return_conditioned: bool = True  # false hides R̂ from the model: behaviour cloning, same network
     # A categorical head over binned returns-to-go, p(R | history, s_t), read from the s_t token;
-    # the tokens of a step are then ordered (s_t, R̂_t, a_t) so that s_t has not seen R̂_t.
+    # the tokens of a step are then ordered (s_t, R̂_t, a_t) so that s_t has not seen R̂_t, and
+    # R̂_t's token, which the action is read from, embeds s_t too.
     return_head: bool = False
     return_bins: int = 64  # bins spanning the dataset's return-to-go range
     # the share of the return head's gradient that reaches the Transformer below it (the head itself

@@ -84,8 +84,8 @@ class ImageEncoder(nn.Module):
 
     ``frame_mean`` (the dataset's mean frame, pixel units) is subtracted first, so that what
     never changes, such as a white page behind a thin pendulum, reads as zero and the convs
-    see what moves. Without it the white background drowned the rod: pixel Pendulum
-    medium-expert trained 2,000 steps scored ~20 normalised instead of ~97."""
+    see what moves. Without it the white background drowned the rod, and pixel Pendulum
+    learnt next to nothing (docs/results.md, item 19)."""
 
     NATURE = ((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0))  # (channels, kernel, stride, padding)
     SMALL = ((32, 3, 2, 1), (64, 3, 2, 1), (64, 3, 1, 1))
@@ -194,6 +194,10 @@ class DecisionTransformer(nn.Module):
     """Predicts a_t from the hidden state of the token before a_t: s_t, given (R̂, s, a) up
     to s_t. With ``return_head`` a step's tokens are (s_t, R̂_t, a_t): a_t is read from R̂_t,
     and a categorical p(R̂_t | history, s_t) over return bins from s_t, which has not seen R̂_t.
+    The R̂_t token embeds s_t too, so that the action is read from a residual stream that holds
+    both, as the s_t token's does in the plain order, not from one that must fetch the state
+    by attention (on Pendulum medium-replay this lifted the path integral from 50.5 to 62.4,
+    seed 0: docs/results.md).
 
     Continuous actions live in [-1, 1] inside the model: inputs are normalised with the
     action bounds, and tanh outputs are mapped back to [low, high] by :meth:`to_env`.
@@ -289,7 +293,10 @@ class DecisionTransformer(nn.Module):
         else:
             action_tokens = self.embed_action(self.normalize_action(actions))
         return_tokens, state_tokens = self.embed_return(returns_to_go.unsqueeze(-1)), self.embed_state(states)
-        order = (state_tokens, return_tokens) if self.config.return_head else (return_tokens, state_tokens)
+        if self.config.return_head:  # a_t is read from R̂_t's token, which then carries s_t itself
+            order = (state_tokens, return_tokens + state_tokens)
+        else:
+            order = (return_tokens, state_tokens)
         tokens = torch.stack((*order, action_tokens), dim=2) + self.embed_timestep(timesteps).unsqueeze(2)  # (B, K, 3, d)
         x = self.drop(self.embed_ln(tokens.reshape(B, TOKENS_PER_STEP * K, -1)))
         allowed = self._allowed(mask)

@@ -358,6 +358,22 @@ def test_return_head_reads_s_t_before_r_t(case):
     assert metrics["return_nll"] > 0 and loss > metrics["return_nll"]
 
 
+@pytest.mark.parametrize("case", ["return_head", "return_head_discrete"])
+def test_return_head_models_read_the_action_from_a_token_that_holds_s_t_itself(case):
+    """With attention silenced (no token reads another), the action read from R̂_t's token
+    still changes with s_t: that token embeds the state, as the s_t token does in the
+    plain order, rather than fetching it by attention."""
+    torch.manual_seed(0)
+    model = make_model(case).eval()
+    for block in model.blocks:
+        torch.nn.init.zeros_(block.attn.proj.weight)
+        torch.nn.init.zeros_(block.attn.proj.bias)
+    batch = make_batch(case)
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["states"][:, -1] = make_batch(case, seed=1)["states"][:, -1]
+    assert not torch.allclose(outputs(model, changed)[:, -1], outputs(model, batch)[:, -1])
+
+
 def return_head_grads(weight: float, action_only: bool = False, clip: float | None = None) -> dict[str, torch.Tensor]:
     """Gradients of a fresh return-head model's loss (or of its action loss alone) on one
     batch, optionally clipped per :meth:`clip_groups` as the trainer does."""

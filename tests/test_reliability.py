@@ -220,6 +220,19 @@ def test_a_checkpoint_of_another_format_version_is_refused(saved):
         load_policy(saved)
 
 
+def test_format_1_is_read_unless_its_model_has_a_return_head(saved):
+    """Version 2 changed only what a return head's R̂ token embeds: other version-1 models act
+    as they did, a return-head one would act differently and is refused."""
+    meta = json.loads((saved / "dtray.json").read_text())
+    meta["format_version"] = 1
+    (saved / "dtray.json").write_text(json.dumps(meta))
+    load_policy(saved)
+    meta["config"]["model"]["return_head"] = True
+    (saved / "dtray.json").write_text(json.dumps(meta))
+    with pytest.raises(DtrayError, match="a return-head model of checkpoint format 1.*retrain it"):
+        checkpoint.read_meta(saved)
+
+
 @pytest.mark.parametrize("damage", [functools.partial(truncate, keep=0.5), lambda p: p.write_bytes(b"junk")])
 def test_a_broken_training_state_is_named(saved, damage):
     damage(saved / "train_state.pt")
