@@ -274,13 +274,14 @@ def _summarise_episodes(batch: pa.Table, info: DatasetInfo, config: DataConfig, 
     :func:`compute_stats` to raise as one line naming the file, episode and field."""
     paths = batch.column(PATH_COLUMN).to_numpy(zero_copy_only=False)
     width = int(np.prod(info.obs_shape))
+    squared = width if len(info.obs_shape) == 1 else 0  # images need only their mean frame, not a std
     try:
         for path in np.unique(paths):
             check_episodes(str(path), batch.filter(pa.array(paths == path)), info)
     except DtrayError as err:
         return {"episode_id": np.zeros(1, np.int64), "path": paths[:1], "length": np.zeros(1, np.int64),
                 "ret": np.zeros(1), "val": np.ones(1, bool), "state_sum": np.zeros((1, width)),
-                "state_sumsq": np.zeros((1, width)), "error": np.array([str(err)])}
+                "state_sumsq": np.zeros((1, squared)), "error": np.array([str(err)])}
     episodes = list(rows_to_episodes(batch, info))
     ids = np.array([e.episode_id for e in episodes], dtype=np.int64)
     observations = [e.observations.reshape(e.length, width).astype(np.float64) for e in episodes]
@@ -291,7 +292,7 @@ def _summarise_episodes(batch: pa.Table, info: DatasetInfo, config: DataConfig, 
         "ret": np.array([returns_to_go(e.rewards, config.gamma)[0] for e in episodes]),
         "val": is_validation(ids, config.val_fraction, seed),
         "state_sum": np.array([obs.sum(0) for obs in observations]).reshape(len(episodes), width),
-        "state_sumsq": np.array([np.square(obs).sum(0) for obs in observations]).reshape(len(episodes), width),
+        "state_sumsq": np.array([np.square(o[:, :squared]).sum(0) for o in observations]).reshape(len(ids), squared),
         "error": np.full(len(episodes), ""),
     }
 
