@@ -292,7 +292,7 @@ def _summarise_episodes(batch: pa.Table, info: DatasetInfo, config: DataConfig, 
         "ret": np.array([returns_to_go(e.rewards, config.gamma)[0] for e in episodes]),
         "val": is_validation(ids, config.val_fraction, seed),
         "state_sum": np.array([obs.sum(0) for obs in observations]).reshape(len(episodes), width),
-        "state_sumsq": np.array([np.square(o[:, :squared]).sum(0) for o in observations]).reshape(len(ids), squared),
+        "state_sumsq": np.array([np.square(obs[:, :squared]).sum(0) for obs in observations]).reshape(len(episodes), squared),
         "error": np.full(len(episodes), ""),
     }
 
