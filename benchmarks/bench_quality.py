@@ -29,7 +29,8 @@ acting picked on the very episodes it is scored on would be fitted to their nois
 
 Each finished run is appended to ``<out>/quality_runs.csv`` (a rerun skips the runs it holds,
 so a long table can be stopped and continued), and the report is rebuilt from that file: a
-markdown table (mean ± sample std over seeds) written between the markers in
+markdown table (mean ± sample std over seeds; for path-integral runs, a second one of the
+return at each alpha) written between the markers in
 ``docs/results.md`` (or to ``<out>/results.md``), and ``<out>/scores.png``.
 
 Per dataset, action head, way of acting (greedy, or sampled at a temperature and top-p)
@@ -270,6 +271,46 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _figures(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant figures (more left of the point), never in exponent notation."""
+    if x == 0 or not np.isfinite(x):
+        return f"{x:g}"
+    return f"{x:,.{max(0, digits - 1 - int(np.floor(np.log10(abs(x)))))}f}"
+
+
+def alpha_curves(runs: pd.DataFrame) -> str:
+    """The path integral's return at each temperature, mean ± std over seeds, coldest first:
+    does the score rise as alpha falls? Seeds share a row when their alphas are the same
+    fractions of their own return range (the auto ones, or the same ``eval.alpha`` list; the
+    runs file keeps three decimals, hence the grid in tenths of a decade)."""
+    pi = runs[runs["method"] == "pi"]
+    if pi.empty:
+        return ""
+    curves = []
+    for run in pi.itertuples(index=False):
+        alphas, returns = np.array(json.loads(run.targets)), np.array(json.loads(run.returns))
+        order = np.argsort(alphas)
+        curves.append({"dataset": run.dataset, "policy": run.policy, "acting": run.acting, "steps": run.steps,
+                       "episodes": run.episodes, "grid": tuple(np.round(np.log10(alphas[order] / alphas.max()), 1)),
+                       "alphas": alphas[order], "returns": returns[order]})
+    lines = ["**The path integral's return at each temperature** (mean ± std over seeds; alpha in return units,",
+             "averaged over seeds; coldest first):", "",
+             "| dataset | head | acting | steps | episodes | seeds | alpha | return | Spearman(-alpha) of the mean |",
+             "|---|---|---|---:|---:|---:|---|---|---:|"]
+    keys = ["dataset", "policy", "acting", "steps", "episodes", "grid"]
+    order = {name: i for i, name in enumerate(list_datasets())}
+    curves = pd.DataFrame(curves).sort_values("dataset", key=lambda names: names.map(order), kind="stable")
+    for (dataset, policy, how, steps, episodes, _), group in curves.groupby(keys, sort=False):
+        alphas, returns = np.stack(group["alphas"]).mean(axis=0), np.stack(group["returns"])
+        mean = returns.mean(axis=0)
+        std = returns.std(axis=0, ddof=1) if len(returns) > 1 else np.full_like(mean, np.nan)
+        cells = [_figures(m, 4) if np.isnan(s) else f"{_figures(m, 4)} ± {_figures(s, 2)}" for m, s in zip(mean, std)]
+        lines.append(f"| {dataset} | {policy} | {how} | {steps:,.0f} | {episodes:.0f} | {len(group)} | "
+                     f"{' / '.join(_figures(a, 3) for a in alphas)} | {' / '.join(cells)} | "
+                     f"{rank_correlation(-alphas, mean):.2f} |")
+    return "\n".join(lines + [""])
+
+
 def plot(table: pd.DataFrame, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -302,7 +343,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 def write_report(runs: pd.DataFrame, out: Path, doc: Path | None) -> None:
     table = summarise(runs)
-    text = markdown(table)
+    text = "\n".join([markdown(table), alpha_curves(runs)])
     plot(table, out / "scores.png")
     if doc is not None and doc.exists() and TABLE_START in doc.read_text():
         before, rest = doc.read_text().split(TABLE_START, 1)

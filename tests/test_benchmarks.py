@@ -83,7 +83,9 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
     runs = pd.DataFrame([
         {"dataset": "cartpole-medium", "policy": "discrete", "acting": "greedy", "method": method, "seed": seed, "steps": 100,
          "episodes": 10, "best_score": score, "auto_score": 88.0 + seed if method == "pi" else np.nan,
-         "spearman": 0.9, "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0}
+         "spearman": 0.9, "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0,
+         # the path integral's alphas (hottest first) are each seed's own fractions of its return range
+         "targets": json.dumps([10.0 + seed, 1.0 + 0.1 * seed]), "returns": json.dumps([3.0 + 2 * seed, 5.0 + 2 * seed])}
         for method, scores in (("dt", (80.0, 90.0)), ("bc", (60.0, 70.0)), ("pi", (84.0, 86.0)))
         for seed, score in enumerate(scores)] + [
         {"dataset": "pendulum-medium", "policy": policy, "acting": how, "method": "dt", "seed": 0, "steps": 100,
@@ -105,6 +107,8 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
     assert ("| cartpole-medium | discrete | greedy | 10 | 85.0 ± 7.1 | 65.0 ± 7.1 | 85.0 ± 1.4 | 88.5 ± 0.7 | 0.90 ± 0.00 | 0.90 ± 0.00 "
             "| 50.0 / 100.0 "
             "| 2/2/2 | 12 |") in text
+    # the path integral's return per temperature, coldest first, seeds on the same grid averaged
+    assert "| cartpole-medium | discrete | greedy | 100 | 10 | 2 | 1.05 / 10.5 | 6.000 ± 1.4 / 4.000 ± 1.4 | 1.00 |" in text
     for row in ("| pendulum-medium | deterministic | greedy | 10 | 60.0 | – |",
                 "| pendulum-medium | deterministic | greedy | 50 | 70.0 | – |",
                 "| pendulum-medium | binned | greedy | 10 | 95.0 | – |", "| pendulum-medium | binned | sampled T 0.5 | 10 | 80.0 | – |",
