@@ -232,9 +232,14 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
                         wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
     table["wall_s"] += table.pop("eval_s")
-    order = {name: i for i, name in enumerate(list_datasets())}
-    return table.sort_values(["steps", "dataset", "policy", "acting", "episodes"],
-                             key=lambda c: c.map(order) if c.name == "dataset" else c)
+    return table.sort_values(["steps", "dataset", "policy", "acting", "episodes"], key=_dataset_rank)
+
+
+def _dataset_rank(column: pd.Series) -> pd.Series:
+    """A sort key: datasets in the built-in order (env, then tier), other columns as they are."""
+    if column.name != "dataset":
+        return column
+    return column.map({name: i for i, name in enumerate(list_datasets())})
 
 
 def _pm(row, field: str, digits: int = 1) -> str:
@@ -298,8 +303,7 @@ def alpha_curves(runs: pd.DataFrame) -> str:
              "| dataset | head | acting | steps | episodes | seeds | alpha | return | Spearman(-alpha) of the mean |",
              "|---|---|---|---:|---:|---:|---|---|---:|"]
     keys = ["dataset", "policy", "acting", "steps", "episodes", "grid"]
-    order = {name: i for i, name in enumerate(list_datasets())}
-    curves = pd.DataFrame(curves).sort_values("dataset", key=lambda names: names.map(order), kind="stable")
+    curves = pd.DataFrame(curves).sort_values("dataset", key=_dataset_rank, kind="stable")
     for (dataset, policy, how, steps, episodes, _), group in curves.groupby(keys, sort=False):
         alphas, returns = np.stack(group["alphas"]).mean(axis=0), np.stack(group["returns"])
         mean = returns.mean(axis=0)
