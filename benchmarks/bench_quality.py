@@ -16,7 +16,8 @@ otherwise), then the actor-pool evaluation of the checkpoint ``dtray train`` pic
   in the default set). Its "targets" are the alphas, its Spearman is between -alpha and the
   return achieved (does a colder tilt give more?). The same checkpoint is also evaluated at
   the auto targets (``auto_score``), so that choosing R̂ by the path integral is compared with
-  the best hand-set target of the very same model.
+  the best hand-set target of the very same model; ``auto_score_in_data`` is the best of those
+  at or below the dataset's best return, the most a tilt over the data's returns can ask.
 
 ``--acting`` evaluates each trained DT (and path-integral) checkpoint once per way of acting
 (``greedy``, ``T0.8``: sampled at temperature 0.8, ``T1p0.9``: at temperature 1 within the
@@ -177,10 +178,12 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
         # behaviour cloning ignores the target: one is enough
         targets = config.eval.targets if config.model.return_conditioned else [float(returns.max())]
         summary = evaluate_run(checkpoint, config, targets, episodes, seed, os.path.join(out, "targets"))
-        auto_score = np.nan
+        auto_score = auto_score_in_data = np.nan
         if method == "pi":  # the same model at the hand-set targets, for the comparison
             auto = evaluate_run(checkpoint, config, "auto", episodes, seed, os.path.join(out, "auto"))
             auto_score = float(best_targets(auto).iloc[0]["score_mean"])
+            in_data = auto[auto["target"] <= read_meta(checkpoint)[3].return_max]
+            auto_score_in_data = float(best_targets(in_data).iloc[0]["score_mean"])
     eval_s = time.perf_counter() - start
     best = best_targets(summary).iloc[0]
     if method == "pi":
@@ -195,7 +198,7 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
         "policy": config.model.policy, "acting": label, "chosen": chosen,
         "best_score": float(best["score_mean"]), "best_target": float(best["alpha" if method == "pi" else "target"]),
         "best_return": float(best["return_mean"]),
-        "spearman": rho, "auto_score": auto_score,
+        "spearman": rho, "auto_score": auto_score, "auto_score_in_data": auto_score_in_data,
         "targets": json.dumps([round(float(t), 3) for t in conditions]),
         "returns": json.dumps([round(float(r), 3) for r in summary["return_mean"]]),
         "data_mean_score": float(info.normalized_score(returns.mean())),
@@ -224,10 +227,12 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, acting, steps, episodes, method): mean and sample std over seeds."""
+    runs = runs.assign(auto_score_in_data=runs.get("auto_score_in_data", np.nan))  # runs from before the column
     grouped = runs.groupby(["dataset", "policy", "acting", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), chosen=("chosen", lambda ways: "/".join(ways.dropna())),
                         score=("best_score", "mean"), score_std=("best_score", "std"),
                         auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
+                        auto_in=("auto_score_in_data", "mean"), auto_in_std=("auto_score_in_data", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
                         wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
@@ -254,8 +259,8 @@ def markdown(table: pd.DataFrame) -> str:
     lines = []
     with_pi = "pi" in set(table["method"])
     for steps, rows in table.groupby("steps", sort=True):
-        pi_header = ((" DT, path-integral (best alpha) | same model, best auto target | PI Spearman(-alpha) |",
-                      "---:|---:|---:|") if with_pi else ("", ""))
+        pi_header = ((" DT, path-integral (best alpha) | same model, best auto target | same model, best target "
+                      "within the data | PI Spearman(-alpha) |", "---:|---:|---:|---:|") if with_pi else ("", ""))
         lines += [f"Budget: {steps:,} training steps per run.", "",
                   f"| dataset | head | acting | episodes | DT score | BC score |{pi_header[0]} DT Spearman "
                   f"| dataset mean / max | seeds | wall s (DT) |",
@@ -265,7 +270,8 @@ def markdown(table: pd.DataFrame) -> str:
             by = {row.method: row for row in group.itertuples()}
             dt, bc, pi = by.get("dt"), by.get("bc"), by.get("pi")
             ref = dt or bc or pi
-            pi_cells = f" {_pm(pi, 'score')} | {_pm(pi, 'auto')} | {_pm(pi, 'spearman', 2)} |" if with_pi else ""
+            pi_cells = (f" {_pm(pi, 'score')} | {_pm(pi, 'auto')} | {_pm(pi, 'auto_in')} | {_pm(pi, 'spearman', 2)} |"
+                        if with_pi else "")
             seeds = "/".join(str(by[m].seeds) for m in METHODS if m in by)
             how = f"{how} (chose {dt.chosen})" if dt and dt.chosen else how
             lines.append(
