@@ -74,7 +74,8 @@ from dtray.collect import TIERS, collect, list_datasets, parse_name
 from dtray.describe import episode_returns
 from dtray.config import ActionSampling
 from dtray.errors import DtrayError
-from dtray.evaluate import best_targets, calibration, choose_acting, evaluate_checkpoints, rank_correlation
+from dtray.evaluate import (best_targets, calibration, choose_acting, evaluate_checkpoints, rank_correlation,
+                            targets_in_data)
 from dtray.train import best_checkpoint, fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +170,7 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
                   way: Way, info, returns: np.ndarray, train_s: float, out: str) -> dict:
     start = time.perf_counter()
     label, chosen = acting(config, way), ""
+    max_return = read_meta(checkpoint)[3].return_max  # the auto targets' own max
     with contextlib.redirect_stdout(io.StringIO()):  # the eval table is not the point
         if len(way) > 1:  # on this grid's targets and episodes, with its seed held out
             grid = dataclasses.replace(config.eval, episodes=episodes, seeds=[seed], out=out)
@@ -182,17 +184,14 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
         if method == "pi":  # the same model at the hand-set targets, for the comparison
             auto = evaluate_run(checkpoint, config, "auto", episodes, seed, os.path.join(out, "auto"))
             auto_score = float(best_targets(auto).iloc[0]["score_mean"])
-            in_data = auto[auto["target"] <= read_meta(checkpoint)[3].return_max]
-            auto_score_in_data = float(best_targets(in_data).iloc[0]["score_mean"])
+            auto_score_in_data = float(best_targets(targets_in_data(auto, max_return)).iloc[0]["score_mean"])
     eval_s = time.perf_counter() - start
     best = best_targets(summary).iloc[0]
     if method == "pi":
         conditions = summary["alpha"]
         rho = rank_correlation(-summary["alpha"].to_numpy(), summary["return_mean"].to_numpy())
     else:
-        # the max the auto targets were made from: the same episodes summed another way can
-        # differ in the last bit and drop the max target from the calibration
-        conditions, rho = summary["target"], calibration(summary, read_meta(checkpoint)[3].return_max)
+        conditions, rho = summary["target"], calibration(summary, max_return)
     return {
         "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
         "policy": config.model.policy, "acting": label, "chosen": chosen,

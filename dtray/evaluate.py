@@ -614,13 +614,18 @@ def rank_correlation(x, y) -> float:
     return float(x.rank().corr(y.rank()))
 
 
+def targets_in_data(summary: pd.DataFrame, max_return: float) -> pd.DataFrame:
+    """The summary rows whose target is at or below the dataset's best return. ``max_return``
+    is the checkpoint's (the auto targets' own): the same episodes' returns summed elsewhere
+    can differ in the last bit and leave the max target out."""
+    return summary[summary["target"] <= max_return]
+
+
 def calibration(summary: pd.DataFrame, max_return: float) -> float:
     """Spearman between the targets at or below the dataset's best return and the mean
     returns achieved at them (one policy and env): does asking for more give more? NaN when
-    the achieved returns are all equal (e.g. every episode reached the env's cap).
-    ``max_return`` is the checkpoint's (the auto targets' own): the same episodes' returns
-    summed elsewhere can differ in the last bit and leave the max target out."""
-    inside = summary[summary["target"] <= max_return]
+    the achieved returns are all equal (e.g. every episode reached the env's cap)."""
+    inside = targets_in_data(summary, max_return)
     return rank_correlation(inside["target"], inside["return_mean"])
 
 
