@@ -37,8 +37,10 @@ return at each alpha) written between the markers in
 Per dataset, action head, way of acting (greedy, or sampled at a temperature and top-p)
 and method: the normalised score at the best target, Spearman's rank correlation between
 the targets inside the dataset's return range and the mean returns achieved there
-(calibration; undefined when either side is constant), and the dataset's own mean and max
-normalised return.
+(calibration; undefined when either side is constant), the least-squares slope of those
+returns on those targets (how much of a step in the target reaches the return: 1 one for one,
+0 ignored; Spearman alone cannot tell a policy that ignores the target from one that follows
+it up to a tie), and the dataset's own mean and max normalised return.
 
     python benchmarks/bench_quality.py                       # every dataset, 3 seeds (hours on 2 cores)
     python benchmarks/bench_quality.py --datasets pendulum-medium-expert --seeds 0 1 2
@@ -75,7 +77,7 @@ from dtray.describe import episode_returns
 from dtray.config import ActionSampling
 from dtray.errors import DtrayError
 from dtray.evaluate import (best_targets, calibration, choose_acting, evaluate_checkpoints, rank_correlation,
-                            targets_in_data)
+                            target_slope, targets_in_data)
 from dtray.train import best_checkpoint, fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,16 +190,16 @@ def evaluate_once(dataset: str, method: str, seed: int, episodes: int, checkpoin
     eval_s = time.perf_counter() - start
     best = best_targets(summary).iloc[0]
     if method == "pi":
-        conditions = summary["alpha"]
+        conditions, slope = summary["alpha"], np.nan
         rho = rank_correlation(-summary["alpha"].to_numpy(), summary["return_mean"].to_numpy())
     else:
-        conditions, rho = summary["target"], calibration(summary, max_return)
+        conditions, rho, slope = summary["target"], calibration(summary, max_return), target_slope(summary, max_return)
     return {
         "dataset": dataset, "method": method, "seed": seed, "steps": config.train.max_steps,
         "policy": config.model.policy, "acting": label, "chosen": chosen,
         "best_score": float(best["score_mean"]), "best_target": float(best["alpha" if method == "pi" else "target"]),
         "best_return": float(best["return_mean"]),
-        "spearman": rho, "auto_score": auto_score, "auto_score_in_data": auto_score_in_data,
+        "spearman": rho, "slope": slope, "auto_score": auto_score, "auto_score_in_data": auto_score_in_data,
         "targets": json.dumps([round(float(t), 3) for t in conditions]),
         "returns": json.dumps([round(float(r), 3) for r in summary["return_mean"]]),
         "data_mean_score": float(info.normalized_score(returns.mean())),
@@ -226,13 +228,14 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, acting, steps, episodes, method): mean and sample std over seeds."""
-    runs = runs.assign(auto_score_in_data=runs.get("auto_score_in_data", np.nan))  # runs from before the column
+    runs = runs.assign(**{column: runs.get(column, np.nan) for column in ("auto_score_in_data", "slope")})  # runs from before the columns
     grouped = runs.groupby(["dataset", "policy", "acting", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), chosen=("chosen", lambda ways: "/".join(ways.dropna())),
                         score=("best_score", "mean"), score_std=("best_score", "std"),
                         auto=("auto_score", "mean"), auto_std=("auto_score", "std"),
                         auto_in=("auto_score_in_data", "mean"), auto_in_std=("auto_score_in_data", "std"),
                         spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
+                        slope=("slope", "mean"), slope_std=("slope", "std"),
                         data_mean=("data_mean_score", "mean"), data_max=("data_max_score", "mean"),
                         wall_s=("train_s", "mean"), eval_s=("eval_s", "mean")).reset_index()
     table["wall_s"] += table.pop("eval_s")
@@ -262,8 +265,8 @@ def markdown(table: pd.DataFrame) -> str:
                       "within the data | PI Spearman(-alpha) |", "---:|---:|---:|---:|") if with_pi else ("", ""))
         lines += [f"Budget: {steps:,} training steps per run.", "",
                   f"| dataset | head | acting | episodes | DT score | BC score |{pi_header[0]} DT Spearman "
-                  f"| dataset mean / max | seeds | wall s (DT) |",
-                  f"|---|---|---|---:|---:|---:|{pi_header[1]}---:|---:|---:|---:|"]
+                  f"| DT target slope | dataset mean / max | seeds | wall s (DT) |",
+                  f"|---|---|---|---:|---:|---:|{pi_header[1]}---:|---:|---:|---:|---:|"]
         for (dataset, policy, how, episodes), group in rows.groupby(["dataset", "policy", "acting", "episodes"],
                                                                     sort=False):
             by = {row.method: row for row in group.itertuples()}
@@ -275,7 +278,7 @@ def markdown(table: pd.DataFrame) -> str:
             how = f"{how} (chose {dt.chosen})" if dt and dt.chosen else how
             lines.append(
                 f"| {dataset} | {policy} | {how} | {episodes:.0f} | {_pm(dt, 'score')} | {_pm(bc, 'score')} |"
-                f"{pi_cells} {_pm(dt, 'spearman', 2)} | "
+                f"{pi_cells} {_pm(dt, 'spearman', 2)} | {_pm(dt, 'slope', 2)} | "
                 f"{ref.data_mean:.1f} / {ref.data_max:.1f} | {seeds} | {dt.wall_s if dt else ref.wall_s:.0f} |")
         lines.append("")
     return "\n".join(lines)

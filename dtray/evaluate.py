@@ -629,6 +629,19 @@ def calibration(summary: pd.DataFrame, max_return: float) -> float:
     return rank_correlation(inside["target"], inside["return_mean"])
 
 
+def target_slope(summary: pd.DataFrame, max_return: float) -> float:
+    """The least-squares slope of the mean return achieved on the target, over the same
+    targets as :func:`calibration`: how much more a unit more asked gives (1: one for one,
+    0: the target is ignored). Spearman only ranks, so a policy that reaches the same return
+    at every target gets the rank of noise; the slope tells that case apart. NaN with fewer
+    than two distinct targets."""
+    inside = targets_in_data(summary, max_return)
+    targets, returns = inside["target"].to_numpy(float), inside["return_mean"].to_numpy(float)
+    if len(targets) < 2 or np.ptp(targets) == 0:
+        return math.nan
+    return float(np.polyfit(targets, returns, 1)[0])
+
+
 # --- entry points -----------------------------------------------------------------------
 
 

@@ -71,6 +71,8 @@ def test_quick_table_trains_each_method_once_evaluates_each_way_of_acting_and_re
     # ... and at those within the data's returns: the beyond-the-data target left out can only lower the best
     assert method.at["pi", "auto_score_in_data"] <= method.at["pi", "auto_score"]
     assert method.loc[["dt", "bc"], "auto_score_in_data"].isna().all()
+    # the target slope needs targets: behaviour cloning has one, the path integral alphas
+    assert np.isfinite(method.at["dt", "slope"]) and method.loc[["bc", "pi"], "slope"].isna().all()
 
     saved = pd.read_csv(tmp_path / "quality_runs.csv")
     assert len(saved) == 4
@@ -87,7 +89,8 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
         {"dataset": "cartpole-medium", "policy": "discrete", "acting": "greedy", "method": method, "seed": seed, "steps": 100,
          "episodes": 10, "best_score": score, "auto_score": 88.0 + seed if method == "pi" else np.nan,
          "auto_score_in_data": 87.0 + seed if method == "pi" else np.nan,
-         "spearman": 0.9, "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0,
+         "spearman": 0.9, "slope": 0.5 + 0.1 * seed if method == "dt" else np.nan,
+         "data_mean_score": 50.0, "data_max_score": 100.0, "train_s": 10.0, "eval_s": 2.0,
          # the path integral's alphas (hottest first) are each seed's own fractions of its return range
          "targets": json.dumps([10.0 + seed, 1.0 + 0.1 * seed]), "returns": json.dumps([3.0 + 2 * seed, 5.0 + 2 * seed])}
         for method, scores in (("dt", (80.0, 90.0)), ("bc", (60.0, 70.0)), ("pi", (84.0, 86.0)))
@@ -109,7 +112,7 @@ def test_report_fills_the_markers_of_the_results_page_and_keeps_the_rest(bench, 
     assert text.startswith("# Results\nprose\n") and text.endswith(f"{bench.TABLE_END}\nmore prose\n")
     assert "old table" not in text
     assert ("| cartpole-medium | discrete | greedy | 10 | 85.0 ± 7.1 | 65.0 ± 7.1 | 85.0 ± 1.4 | 88.5 ± 0.7 | 87.5 ± 0.7 | 0.90 ± 0.00 | 0.90 ± 0.00 "
-            "| 50.0 / 100.0 "
+            "| 0.55 ± 0.07 | 50.0 / 100.0 "
             "| 2/2/2 | 12 |") in text
     # the path integral's return per temperature, coldest first, seeds on the same grid averaged
     assert "| cartpole-medium | discrete | greedy | 100 | 10 | 2 | 1.05 / 10.5 | 6.000 ± 1.4 / 4.000 ± 1.4 | 1.00 |" in text

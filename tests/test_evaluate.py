@@ -19,7 +19,7 @@ from dtray.config import EvalConfig
 from dtray.data import WindowSpec
 from dtray.errors import DtrayError
 from dtray.evaluate import (auto_targets, best_following, calibration, episode_seed, evaluate_grid, evaluate_in_process,
-                            rank_correlation)
+                            rank_correlation, target_slope)
 from dtray.format import DatasetInfo
 
 # Ray workers cannot import this file (tests/ is not on their path): ship the stubs by value.
@@ -158,6 +158,14 @@ def test_calibration_counts_only_targets_inside_the_dataset_returns():
     summary = pd.DataFrame({"target": [10.0, 20.0, 30.0, 40.0], "return_mean": [1.0, 2.0, 3.0, 0.0]})
     assert calibration(summary, max_return=30.0) == pytest.approx(1.0)  # the target beyond the max is left out
     assert calibration(summary, max_return=40.0) == pytest.approx(-0.2)
+
+
+def test_target_slope_is_return_gained_per_unit_asked_within_the_dataset_returns():
+    summary = pd.DataFrame({"target": [10.0, 20.0, 30.0, 40.0], "return_mean": [5.0, 15.0, 25.0, 0.0]})
+    assert target_slope(summary, max_return=30.0) == pytest.approx(1.0)  # one for one; the beyond target left out
+    flat = summary.assign(return_mean=[7.0, 7.1, 6.9, 7.0])  # Spearman -0.5 here: the rank of noise
+    assert target_slope(flat, max_return=30.0) == pytest.approx(-0.005)
+    assert np.isnan(target_slope(summary, max_return=10.0))  # one target: no slope
 
 
 def test_calibration_needs_the_max_the_auto_targets_were_made_from():
