@@ -228,7 +228,8 @@ def write_csv(runs: pd.DataFrame, path: Path) -> None:
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, action head, acting, steps, episodes, method): mean and sample std over seeds."""
-    runs = runs.assign(**{column: runs.get(column, np.nan) for column in ("auto_score_in_data", "slope")})  # runs from before the columns
+    # runs from before these columns have none
+    runs = runs.assign(**{column: runs.get(column, np.nan) for column in ("auto_score_in_data", "slope")})
     grouped = runs.groupby(["dataset", "policy", "acting", "steps", "episodes", "method"], sort=False)
     table = grouped.agg(seeds=("seed", "nunique"), chosen=("chosen", lambda ways: "/".join(ways.dropna())),
                         score=("best_score", "mean"), score_std=("best_score", "std"),

@@ -593,6 +593,23 @@ def write_results(out_dir: Path, episodes: pd.DataFrame, summary: pd.DataFrame,
     return list(files)
 
 
+def format_calibration(summary: pd.DataFrame, return_ranges: Mapping[str, tuple[str, float, float]]) -> list[str]:
+    """One line per (policy, env) with two or more set targets inside its dataset's returns:
+    does asking for more give more (Spearman), and how much more (the target slope)?"""
+    lines = []
+    for (name, env), rows in summary.groupby(["policy", "env"]):
+        if name not in return_ranges:
+            continue
+        max_return = return_ranges[name][2]
+        if targets_in_data(rows, max_return)["target"].nunique() < 2:
+            continue
+        rho, slope = calibration(rows, max_return), round(target_slope(rows, max_return), 2) + 0.0  # no "-0.00"
+        rank = "– (the same return at every target)" if math.isnan(rho) else f"{rho:.2f}"
+        lines.append(f"calibration of {name} on {env} (targets within the dataset's returns): Spearman {rank}, "
+                     f"slope {slope:.2f} (1: the return follows the target one for one, 0: the target is ignored)")
+    return lines
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary as printed: columns that hold nothing for this grid (alpha, predicted_mean
     without path-integral cells or a return head) are left out."""
@@ -706,6 +723,8 @@ def evaluate_grid(policy_factories: Mapping[str, Callable[[], Policy]], config: 
         condition = f"target {row.target:.2f}" if math.isnan(row.alpha) else f"path-integral alpha {row.alpha:.3g}"
         print(f"best normalised score: {row.score_mean:.1f} ({row.policy} on {row.env}, {condition}, "
               f"return {row.return_mean:.2f})")
+    for line in format_calibration(summary, ranges):
+        print(line)
     return EvalResult(out_dir, episodes, summary, seconds)
 
 

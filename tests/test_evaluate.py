@@ -19,7 +19,7 @@ from dtray.config import EvalConfig
 from dtray.data import WindowSpec
 from dtray.errors import DtrayError
 from dtray.evaluate import (auto_targets, best_following, calibration, episode_seed, evaluate_grid, evaluate_in_process,
-                            rank_correlation, target_slope)
+                            format_calibration, rank_correlation, target_slope)
 from dtray.format import DatasetInfo
 
 # Ray workers cannot import this file (tests/ is not on their path): ship the stubs by value.
@@ -166,6 +166,20 @@ def test_target_slope_is_return_gained_per_unit_asked_within_the_dataset_returns
     flat = summary.assign(return_mean=[7.0, 7.1, 6.9, 7.0])  # Spearman -0.5 here: the rank of noise
     assert target_slope(flat, max_return=30.0) == pytest.approx(-0.005)
     assert np.isnan(target_slope(summary, max_return=10.0))  # one target: no slope
+
+
+def test_evaluation_prints_calibration_for_policies_with_targets_inside_their_data():
+    summary = pd.DataFrame({"policy": ["a"] * 4 + ["b"] * 2 + ["c"] * 2, "env": ["E"] * 8,
+                            "target": [10.0, 20.0, 30.0, 40.0, 10.0, 40.0, 10.0, 20.0],
+                            "return_mean": [5.0, 15.0, 25.0, 0.0, 1.0, 2.0, 3.0, 4.0]})
+    ranges = {"a": ("E", 0.0, 30.0), "b": ("E", 0.0, 30.0)}  # c has no dataset returns
+    assert format_calibration(summary, ranges) == [  # b has one target inside its data: no line
+        "calibration of a on E (targets within the dataset's returns): Spearman 1.00, slope 1.00 "
+        "(1: the return follows the target one for one, 0: the target is ignored)"]
+    flat = summary.assign(return_mean=7.0)  # every target reached the same return: no rank, slope 0
+    assert format_calibration(flat, ranges)[0].startswith("calibration of a on E (targets within the dataset's "
+                                                          "returns): Spearman – (the same return at every target), "
+                                                          "slope 0.00 (")
 
 
 def test_calibration_needs_the_max_the_auto_targets_were_made_from():
