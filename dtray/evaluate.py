@@ -601,9 +601,10 @@ def format_calibration(summary: pd.DataFrame, return_ranges: Mapping[str, tuple[
         if name not in return_ranges:
             continue
         max_return = return_ranges[name][2]
-        if targets_in_data(rows, max_return)["target"].nunique() < 2:
+        slope = target_slope(rows, max_return)  # NaN with fewer than two targets inside the data
+        if math.isnan(slope):
             continue
-        rho, slope = calibration(rows, max_return), round(target_slope(rows, max_return), 2) + 0.0  # no "-0.00"
+        rho, slope = calibration(rows, max_return), round(slope, 2) + 0.0  # no "-0.00"
         rank = "– (the same return at every target)" if math.isnan(rho) else f"{rho:.2f}"
         lines.append(f"calibration of {name} on {env} (targets within the dataset's returns): Spearman {rank}, "
                      f"slope {slope:.2f} (1: the return follows the target one for one, 0: the target is ignored)")
